@@ -1,0 +1,75 @@
+"""Backend choice for every primitive.
+
+Rules, in order:
+
+1. ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` forces a backend for
+   every op that has it (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``).
+2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
+3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
+   of that op (written by ``benchmarks/bench_linalg.py`` and friends from timings on a real
+   card), else ``triton``. A kernel that lost on a shape in the benchmark is not used there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+ENV = "ERQ_KERNELS_BACKEND"
+_TABLE_PATH = Path(__file__).with_name("dispatch_table.json")
+_IMPLS: dict[str, dict[str, Callable]] = {}
+_TABLE: dict | None = None
+
+
+def register(op: str, backend: str, fn: Callable) -> None:
+    """Make ``fn`` the ``backend`` implementation of ``op``."""
+    _IMPLS.setdefault(op, {})[backend] = fn
+
+
+def _table() -> dict:
+    global _TABLE
+    if _TABLE is None:
+        try:
+            _TABLE = json.loads(_TABLE_PATH.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            _TABLE = {}
+    return _TABLE
+
+
+def _nearest_winner(op: str, key: dict) -> str | None:
+    """Winner of the measured shape nearest to ``key`` (log distance over shared fields)."""
+    best, best_d = None, math.inf
+    for rec in _table().get(op, []):
+        d = 0.0
+        for k, v in key.items():
+            if k in rec and v is not None and rec[k]:
+                d += (math.log(max(v, 1)) - math.log(max(rec[k], 1))) ** 2
+        if d < best_d:
+            best, best_d = rec["backend"], d
+    return best
+
+
+def choose(op: str, device, key: dict | None = None) -> str:
+    """Name of the backend that runs ``op`` on ``device`` for a problem described by ``key``."""
+    impls = _IMPLS.get(op, {})
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced and forced != "auto":
+        if forced == "reference" or forced in impls:
+            return forced
+        if forced not in ("triton", "torch_loop"):
+            raise ValueError(f"{ENV}={forced!r}: expected auto, reference, triton or torch_loop")
+        return "reference"  # op has no such backend: the reference defines it
+    if getattr(device, "type", str(device)) != "cuda" or "triton" not in impls:
+        return "reference"
+    winner = _nearest_winner(op, key or {})
+    if winner is not None and (winner == "reference" or winner in impls):
+        return winner
+    return "triton"
+
+
+def implementation(op: str, device, key: dict | None = None) -> Callable:
+    """The function that runs ``op`` (see :func:`choose`)."""
+    backend = choose(op, device, key)
+    return _IMPLS[op][backend]
