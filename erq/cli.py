@@ -1,0 +1,217 @@
+"""Command line: ``erq quantize``, ``erq eval``, ``erq bench``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform, select_calibration
+from .pipeline import CALIB_MODES, METHODS, QuantConfig
+
+DEFAULT_MODEL = "vit_tiny_patch16_224"
+DEFAULT_CHECKPOINTS = {DEFAULT_MODEL: "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"}
+
+
+def versions() -> dict:
+    out = {"erq": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("timm", "triton"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def load_model(name: str, checkpoint: str | None):
+    """A timm model with weights from ``checkpoint`` (a file), the bundled default, or timm."""
+    import timm
+    if checkpoint is None and name in DEFAULT_CHECKPOINTS:
+        default = Path(DEFAULT_DATA) / DEFAULT_CHECKPOINTS[name]
+        if default.is_file():
+            checkpoint = str(default)
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise SystemExit(f"error: checkpoint not found: {checkpoint}")
+        return timm.create_model(name, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(checkpoint))).eval()
+    return timm.create_model(name, pretrained=True).eval()
+
+
+def _write_json(path, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _val_loader(args, model, transform):
+    ds = ImageFolderDataset(args.val, transform, num_classes=model.num_classes)
+    if args.num_val is not None:
+        ds.items = ds.items[: args.num_val]
+    return make_loader(ds, args.eval_batch_size, args.workers)
+
+
+def cmd_quantize(args) -> dict:
+    from .evaluate import evaluate
+    from .export import save_quantized
+    from .pipeline import quantize
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.lam is not None:
+        args.lam_rel = None
+    config = QuantConfig(
+        method=args.method, w_bits=args.w_bits, a_bits=args.a_bits, calib_mode=args.calib_mode,
+        lam=args.lam, lam_rel=args.lam_rel, dual=not args.no_dual, reparam=not args.no_reparam,
+        rounding_steps=args.rounding_steps, act_calib_images=min(args.act_calib, args.num_calib),
+        batch_size=args.batch_size, gptq_act_order=args.act_order, progress=not args.quiet,
+    ).validate()
+    phases = {}
+    t0 = time.perf_counter()
+    model = load_model(args.model, args.checkpoint)
+    transform = model_transform(model)
+    files = select_calibration(args.calib, args.num_calib, args.seed)
+    calib = make_loader(ImageFolderDataset(args.calib, transform, files=files,
+                                           num_classes=model.num_classes), args.batch_size, args.workers)
+    val = _val_loader(args, model, transform)
+    phases["load"] = time.perf_counter() - t0
+    result = {"model": args.model, "method": args.method, "w_bits": args.w_bits,
+              "a_bits": args.a_bits, "num_calib": args.num_calib, "seed": args.seed,
+              "calib_mode": args.calib_mode, "lambda": args.lam, "lambda_rel": config.lam_rel,
+              "dual": config.dual, "num_val": len(val.dataset), "device": device_name(device),
+              "versions": versions(), "calib_files": files}
+    model = model.to(device)
+    if not args.skip_fp:
+        t = time.perf_counter()
+        fp = evaluate(model, val, device, progress=not args.quiet, desc="fp32")
+        phases["fp_eval"] = time.perf_counter() - t
+        result.update(fp_top1=fp["top1"], fp_top5=fp["top5"])
+    t = time.perf_counter()
+    qmodel, report = quantize(model, calib, config, device)
+    phases["quantize"] = time.perf_counter() - t
+    phases.update({f"quantize.{k}": v for k, v in report.phases.items()})
+    if args.save:
+        save_quantized(qmodel, args.save, args.model, extra={"seed": args.seed, "files": files})
+        result["saved"] = str(args.save)
+    t = time.perf_counter()
+    q = evaluate(qmodel, val, device, progress=not args.quiet, desc=f"W{args.w_bits}A{args.a_bits}")
+    phases["eval"] = time.perf_counter() - t
+    phases["total"] = time.perf_counter() - t0
+    result.update(top1=q["top1"], top5=q["top5"], seconds=phases, layers=report.layers)
+    if args.json:
+        _write_json(args.json, result)
+    _print_table(result)
+    return result
+
+
+def _print_table(r: dict) -> None:
+    fp = f"{r['fp_top1']:.1f}" if "fp_top1" in r else "skipped"
+    rows = [("model", r["model"]), ("method", f"{r['method']} ({r.get('calib_mode', '')})"),
+            ("bits", f"W{r['w_bits']}A{r['a_bits']}"), ("calibration", f"{r['num_calib']} images, seed {r['seed']}"),
+            ("val images", r["num_val"]), ("FP32 top-1", fp), ("quantized top-1", f"{r['top1']:.1f}"),
+            ("quantized top-5", f"{r['top5']:.1f}"),
+            ("quantize time", f"{r['seconds']['quantize']:.1f} s"), ("total time", f"{r['seconds']['total']:.1f} s"),
+            ("device", r["device"])]
+    w = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+
+
+def cmd_eval(args) -> dict:
+    from .evaluate import evaluate
+    from .export import load_quantized
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.quantized:
+        model, meta = load_quantized(args.quantized, device)
+        name = meta["model"]
+    else:
+        model, name = load_model(args.model, args.checkpoint).to(device), args.model
+    val = _val_loader(args, model, model_transform(model))
+    r = evaluate(model, val, device, progress=not args.quiet)
+    out = {"model": name, "quantized": args.quantized, "num_val": r["num"], "top1": r["top1"],
+           "top5": r["top5"], "device": device_name(device), "versions": versions()}
+    if args.json:
+        _write_json(args.json, out)
+    print(f"{name}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}  ({r['num']} images)")
+    return out
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
+    p.add_argument("--checkpoint", default=None, help="weights file (default: the bundled ViT-Ti, or timm's download)")
+    p.add_argument("--val", default=str(Path(DEFAULT_DATA) / "imagenet-val"), help="evaluation image folder")
+    p.add_argument("--num-val", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--eval-batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=None, help="data loader processes")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="erq", description="ERQ post-training quantization of vision transformers")
+    ap.add_argument("--version", action="version", version=__version__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quantize", help="quantize a timm model and evaluate it")
+    _common(q)
+    q.add_argument("--calib", default=str(Path(DEFAULT_DATA) / "imagenet-calib"), help="calibration image folder")
+    q.add_argument("--method", choices=METHODS, default="erq")
+    q.add_argument("--w-bits", type=int, default=4)
+    q.add_argument("--a-bits", type=int, default=4)
+    q.add_argument("--num-calib", type=int, default=32)
+    q.add_argument("--seed", type=int, default=0, help="calibration image choice")
+    q.add_argument("--calib-mode", choices=CALIB_MODES, default=QuantConfig.calib_mode)
+    q.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="absolute ridge lambda (the authors use 1000)")
+    q.add_argument("--lambda-rel", dest="lam_rel", type=float, default=QuantConfig.lam_rel,
+                   help="ridge lambda relative to the mean diagonal of A^T A (default %(default)s)")
+    q.add_argument("--no-dual", action="store_true", help="no dual uniform quantization of qkv/fc1")
+    q.add_argument("--no-reparam", action="store_true", help="no scale reparameterization")
+    q.add_argument("--rounding-steps", type=int, default=100)
+    q.add_argument("--act-calib", type=int, default=32, help="images for activation calibration")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--act-order", action="store_true", help="GPTQ: activation order")
+    q.add_argument("--skip-fp", action="store_true", help="do not evaluate the FP model")
+    q.add_argument("--save", default=None, help="write the quantized model (safetensors)")
+    q.set_defaults(func=cmd_quantize)
+    e = sub.add_parser("eval", help="evaluate a FP or saved quantized model")
+    _common(e)
+    e.add_argument("--quantized", default=None, help="a file written by 'erq quantize --save'")
+    e.set_defaults(func=cmd_eval)
+    b = sub.add_parser("bench", help="end-to-end timing (benchmarks/bench_e2e.py)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return ap
+
+
+def cmd_bench(args):
+    from .bench import main as bench_main
+    return bench_main(args.rest)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Top-1 / top-5 accuracy over a labelled image loader."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def evaluate(model, loader, device=None, progress: bool = True, desc: str = "eval") -> dict:
+    """Returns ``{"top1": %, "top5": %, "correct1": int, "correct5": int, "num": int}``."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    c1 = c5 = n = 0
+    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress)
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))
+        if isinstance(logits, (tuple, list)):  # distilled models in train mode
+            logits = (logits[0] + logits[1]) / 2
+        labels = labels.to(device)
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        c1 += int((top5[:, 0] == labels).sum())
+        c5 += int((top5 == labels[:, None]).any(-1).sum())
+        n += labels.shape[0]
+        bar.update(labels.shape[0])
+        bar.set_postfix(top1=f"{100.0 * c1 / n:.1f}")
+    bar.close()
+    if n == 0:
+        raise ValueError("the evaluation loader yielded no images")
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "correct1": c1, "correct5": c5, "num": n}

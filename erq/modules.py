@@ -1,0 +1,97 @@
+"""Quantized layers: linear and patch-embedding convolution (class swaps of the torch
+modules, so parameter names and values stay those of the timm model) and the attention
+matmul with its two operand quantizers."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import erq_kernels
+from .quantizers import LogSqrt2Quantizer, UniformQuantizer, WeightQuantizer
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with an input quantizer and a weight quantizer.
+
+    Made by :func:`make_quant_linear` from an existing ``nn.Linear`` (its class is swapped,
+    its parameters are kept). ``weight`` always holds what the forward uses: FP weights before
+    weight quantization, their dequantized grid values after.
+    """
+
+    input_quant: UniformQuantizer | None
+    weight_quant: WeightQuantizer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        iq = self.input_quant
+        if iq is None or iq.calibrating or not iq.enabled or iq.per_channel or not x.is_cuda:
+            return F.linear(iq(x) if iq is not None else x, self.weight, self.bias)
+        return erq_kernels.fake_quant_linear(
+            x, self.weight, self.bias, iq.scale.to(x.dtype), iq.zero.to(x.dtype), iq.qmax)
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (patch embedding) with a weight quantizer; its input stays FP."""
+
+    input_quant = None
+    weight_quant: WeightQuantizer
+
+    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col rows ``(N, C*kh*kw)`` in the column order of ``weight.flatten(1)``."""
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
+                        stride=self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def make_quant_linear(m: nn.Linear, w_bits: int, a_bits: int, *, per_channel_input: bool,
+                      dual: bool, quant_input: bool = True) -> QuantLinear:
+    m.__class__ = QuantLinear
+    m.input_quant = (UniformQuantizer(a_bits, per_channel=per_channel_input,
+                                      channels=m.in_features) if quant_input else None)
+    m.weight_quant = WeightQuantizer(w_bits, m.out_features, m.in_features, dual=dual)
+    m.post_norm = per_channel_input
+    return m
+
+
+def make_quant_conv(m: nn.Conv2d, w_bits: int) -> QuantConv2d:
+    if m.groups != 1:
+        raise ValueError("grouped convolutions are not supported")
+    m.__class__ = QuantConv2d
+    m.weight_quant = WeightQuantizer(w_bits, m.out_channels, m.weight[0].numel())
+    m.post_norm = False
+    return m
+
+
+class QuantMatMul(nn.Module):
+    """``a @ b`` with both operands fake-quantized (attention's two matmuls)."""
+
+    def __init__(self, a_quant: nn.Module, b_quant: nn.Module):
+        super().__init__()
+        self.a_quant = a_quant
+        self.b_quant = b_quant
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.a_quant(a) @ self.b_quant(b)
+
+
+def attention_matmuls(a_bits: int) -> tuple[QuantMatMul, QuantMatMul]:
+    """``q @ k^T`` (both uniform) and ``probs @ v`` (log-sqrt(2) probabilities, uniform v)."""
+    qk = QuantMatMul(UniformQuantizer(a_bits), UniformQuantizer(a_bits))
+    pv = QuantMatMul(LogSqrt2Quantizer(a_bits), UniformQuantizer(a_bits))
+    return qk, pv
+
+
+def weighted_layers(model: nn.Module):
+    """``(name, module)`` of every quantized linear / conv layer, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+
+
+def activation_quantizers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, (UniformQuantizer, LogSqrt2Quantizer))]
+
+
+def set_quant_state(model: nn.Module, act: bool) -> None:
+    """Turn activation fake-quantization on or off everywhere (weights hold their own state)."""
+    for q in activation_quantizers(model):
+        q.enabled = act
+        q.calibrating = False

@@ -1,0 +1,292 @@
+"""The quantizers of ERQ / RepQ-ViT (``../shared/docs/ERQ.md`` section 1).
+
+All quantizers are *fake* quantizers: they map a float tensor to the float values of its
+quantization grid. Calibration picks the clipping range by MSE among fixed quantiles.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from erq_kernels.reference import fake_quant, fake_quant_log2
+
+ACT_QUANTILES = (0.999, 0.9999, 0.99999)
+WEIGHT_PERCENTILES = (0.97, 0.98, 0.99, 0.995, 0.9995, 0.9997, 0.9999, 0.99995, 0.99999, 1.0)
+_EPS = 1e-8
+
+
+def uniform_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int):
+    """:func:`erq_kernels.reference.fake_quant` in three in-place passes after one division.
+
+    ``clamp(round(x/s) + z, 0, qmax) - z`` equals ``clamp(round(x/s), -z, qmax - z)`` exactly
+    for an integer ``z``; for a fractional ``z`` (after reparameterization) the two differ by
+    the rounding of ``+ z - z`` only. On the CPU the element-wise passes, not the matmuls,
+    dominate a quantized forward, so fewer passes and no temporaries matter.
+    """
+    if x.requires_grad or scale.dim() > 0:
+        return fake_quant(x, scale, zero, qmax)
+    y = torch.div(x, scale).round_()
+    return y.clamp_(min=-zero, max=qmax - zero).mul_(scale)
+
+
+def log2_fake_quant(x: torch.Tensor, scale: torch.Tensor, n_bits: int):
+    """:func:`erq_kernels.reference.fake_quant_log2` through a table of its ``2^b + 1`` values
+    (same level computation, same values, far fewer passes)."""
+    if x.requires_grad:
+        return fake_quant_log2(x, scale, n_bits)
+    n_levels = 2 ** n_bits
+    k = torch.arange(n_levels + 1, dtype=x.dtype, device=x.device)
+    table = fake_quant_log2(scale * torch.exp2(-k / 2), scale, n_bits)  # value of each level
+    table[n_levels] = 0
+    lvl = torch.div(x, scale).log2_().mul_(-2.0).round_().clamp_(0, n_levels)
+    return torch.index_select(table, 0, lvl.to(torch.int32).flatten()).view_as(x)
+
+
+def check_bits(n_bits: int, what: str) -> int:
+    if not isinstance(n_bits, int) or not 2 <= n_bits <= 8:
+        raise ValueError(f"{what} bit-width must be an integer from 2 to 8, got {n_bits!r}")
+    return n_bits
+
+
+def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantiles ``1 - p`` and ``p`` of ``x`` along ``dim`` for every ``p`` in ``ps``.
+
+    Same values as ``torch.quantile`` (linear interpolation) but computed from the two tails
+    with ``topk``, so that tensors of tens of millions of elements cost a fraction of a sort
+    (``torch.quantile`` also refuses inputs above 16M elements).
+
+    Returns ``(lo, hi)``, each of shape ``(len(ps), *x.shape without dim)``.
+    """
+    x = x.movedim(dim, 0)
+    n = x.shape[0]
+    pos_hi = [p * (n - 1) for p in ps]
+    pos_lo = [(1.0 - p) * (n - 1) for p in ps]
+    k = min(n, max(int(n - 1 - int(ph)) + 1 for ph in pos_hi) + 1)
+    top = torch.topk(x, k, dim=0, largest=True, sorted=True).values  # top[i] = sorted[n-1-i]
+    bot = torch.topk(x, k, dim=0, largest=False, sorted=True).values  # bot[i] = sorted[i]
+
+    def interp(sorted_at, pos):
+        lo_i = int(pos)
+        frac = pos - lo_i
+        a = sorted_at(lo_i)
+        b = sorted_at(min(lo_i + 1, n - 1))
+        return a + frac * (b - a)
+
+    his = [interp(lambda i: top[n - 1 - i], ph) for ph in pos_hi]
+    los = [interp(lambda i: bot[i], pl) for pl in pos_lo]
+    return torch.stack(los), torch.stack(his)
+
+
+def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):
+    """``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)``."""
+    scale = ((hi - lo) / (2 ** n_bits - 1)).clamp_min(_EPS)
+    zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+class UniformQuantizer(nn.Module):
+    """Asymmetric uniform activation quantizer, per tensor or per channel (last dimension).
+
+    Calibration (:meth:`calibrate`) tries the ranges ``[q(1-p), q(p)]`` for ``p`` in
+    :data:`ACT_QUANTILES` and keeps the one of least MSE (per channel when per-channel).
+    """
+
+    def __init__(self, n_bits: int, per_channel: bool = False, channels: int | None = None):
+        super().__init__()
+        self.n_bits = check_bits(n_bits, "activation")
+        self.per_channel = per_channel
+        shape = (channels,) if per_channel else ()
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero", torch.zeros(shape))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.enabled = False
+        self.calibrating = False
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** self.n_bits - 1
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if self.per_channel:
+            x = x.reshape(-1, x.shape[-1])
+            lo, hi = tail_quantiles(x, ACT_QUANTILES, dim=0)  # (P, C)
+        else:
+            lo, hi = tail_quantiles(x.reshape(-1), ACT_QUANTILES)  # (P,)
+        best_err, best = None, None
+        for i in range(len(ACT_QUANTILES)):
+            s, z = range_to_params(lo[i], hi[i], self.n_bits)
+            err = (fake_quant(x, s, z, self.qmax) - x).pow(2)
+            err = err.mean(0) if self.per_channel else err.mean()
+            if best is None:
+                best_err, best = err, (s, z)
+            else:  # strict improvement keeps the earliest quantile on ties
+                take = err < best_err
+                best = (torch.where(take, s, best[0]), torch.where(take, z, best[1]))
+                best_err = torch.where(take, err, best_err)
+        self.scale = best[0].reshape(self.scale.shape).to(self.scale.device)
+        self.zero = best[1].reshape(self.zero.shape).to(self.zero.device)
+        self.calibrated.fill_(True)
+
+    def set_per_tensor(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """Turn into a per-tensor quantizer with the given parameters (reparameterization)."""
+        self.per_channel = False
+        self.scale = scale.reshape(()).clone()
+        self.zero = zero.reshape(()).clone()
+
+    def params(self):
+        """``(scale, zero, qmax)`` for the kernels."""
+        return self.scale, self.zero, self.qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.calibrate(x)
+        if not self.enabled:
+            return x
+        return uniform_fake_quant(x, self.scale.to(x.dtype), self.zero.to(x.dtype), self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.n_bits}, per_channel={self.per_channel}"
+
+
+class LogSqrt2Quantizer(nn.Module):
+    """Log-sqrt(2) quantizer for post-Softmax attention probabilities (RepQ-ViT)."""
+
+    def __init__(self, n_bits: int):
+        super().__init__()
+        self.n_bits = check_bits(n_bits, "activation")
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.enabled = False
+        self.calibrating = False
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        _, hi = tail_quantiles(x, ACT_QUANTILES)
+        errs = [(fake_quant_log2(x, s.clamp_min(_EPS), self.n_bits) - x).pow(2).mean() for s in hi]
+        best = min(range(len(errs)), key=lambda i: (float(errs[i]), i))
+        self.scale = hi[best].clamp_min(_EPS).reshape(()).to(self.scale.device)
+        self.calibrated.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.calibrate(x)
+        if not self.enabled:
+            return x
+        return log2_fake_quant(x, self.scale.to(x.dtype), self.n_bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.n_bits}, log-sqrt2"
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel asymmetric uniform weight quantizer, optionally with two column groups.
+
+    Each row ``o`` of a weight ``(O, D)`` has one ``(scale, zero)`` per column group; ``group``
+    ``(D,)`` says which group every input column belongs to (all zeros without dual uniform
+    quantization). Parameters come from the MSE search over :data:`WEIGHT_PERCENTILES`.
+    """
+
+    def __init__(self, n_bits: int, out_features: int, in_features: int, dual: bool = False):
+        super().__init__()
+        self.n_bits = check_bits(n_bits, "weight")
+        self.dual = dual
+        groups = 2 if dual else 1
+        self.register_buffer("scale", torch.ones(groups, out_features))
+        self.register_buffer("zero", torch.zeros(groups, out_features))
+        self.register_buffer("group", torch.zeros(in_features, dtype=torch.long))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** self.n_bits - 1
+
+    @torch.no_grad()
+    def calibrate(self, w: torch.Tensor) -> None:
+        """Choose the column groups (if dual) and the per-row ranges for ``w`` ``(O, D)``."""
+        w = w.detach().float()
+        if self.dual:
+            self.group = dual_groups(w).to(self.group.device)
+        for g in range(self.scale.shape[0]):
+            cols = (self.group == g).nonzero().squeeze(1).to(w.device)
+            if cols.numel() == 0:
+                continue
+            s, z = _row_search(w[:, cols], self.n_bits)
+            self.scale[g] = s.to(self.scale.device)
+            self.zero[g] = z.to(self.zero.device)
+        self.calibrated.fill_(True)
+
+    def maps(self, cols: slice | torch.Tensor | None = None):
+        """Per-element ``(scale, zero)`` of shape ``(O, |cols|)``."""
+        group = self.group if cols is None else self.group[cols]
+        return self.scale[group].T, self.zero[group].T
+
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``clamp(round(w / s) + z, 0, qmax)`` as uint8."""
+        s, z = self.maps()
+        return torch.clamp(torch.round(w / s) + z, 0, self.qmax).to(torch.uint8)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        s, z = self.maps()
+        return (codes.float() - z) * s
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest onto the grid."""
+        s, z = self.maps()
+        return fake_quant(w, s, z, self.qmax)
+
+    def errors(self, w: torch.Tensor, cols) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(E_round, E_floor, E_ceil)`` of ``w`` ``(..., O, |cols|)`` on the grid of ``cols``."""
+        s, z = self.maps(cols)
+        t = w / s
+        out = []
+        for fn in (torch.round, torch.floor, torch.ceil):
+            q = torch.clamp(fn(t) + z, 0, self.qmax)
+            out.append((q - z) * s - w)
+        return tuple(out)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.n_bits}, dual={self.dual}"
+
+
+def _row_search(w: torch.Tensor, n_bits: int):
+    """Per-row MSE search over :data:`WEIGHT_PERCENTILES` for ``w`` ``(O, D)``."""
+    ps = torch.tensor(WEIGHT_PERCENTILES, dtype=w.dtype, device=w.device)
+    qmax = 2 ** n_bits - 1
+    hi = torch.quantile(w, ps, dim=1)  # (P, O)
+    lo = torch.quantile(w, 1.0 - ps, dim=1)
+    best_err = best_s = best_z = None
+    for i in range(len(WEIGHT_PERCENTILES)):
+        s, z = range_to_params(lo[i], hi[i], n_bits)
+        err = (fake_quant(w, s[:, None], z[:, None], qmax) - w).pow(2).mean(1)
+        if best_err is None:
+            best_err, best_s, best_z = err, s, z
+        else:
+            take = err < best_err
+            best_err = torch.where(take, err, best_err)
+            best_s = torch.where(take, s, best_s)
+            best_z = torch.where(take, z, best_z)
+    return best_s, best_z
+
+
+def dual_groups(w: torch.Tensor) -> torch.Tensor:
+    """Column groups of dual uniform quantization for ``w`` ``(O, D)`` (0 = main, 1 = outliers).
+
+    Per row, entries above the 99th percentile of its positive values or below the 1st
+    percentile of its negative values are marked; the ``O // 20`` columns with most marks
+    (ties to the lower index) form group 1.
+    """
+    o, d = w.shape
+    nan = torch.tensor(float("nan"), dtype=w.dtype, device=w.device)
+    hi = torch.nanquantile(torch.where(w > 0, w, nan), 0.99, dim=1, keepdim=True)
+    lo = torch.nanquantile(torch.where(w < 0, w, nan), 0.01, dim=1, keepdim=True)
+    marks = ((w > hi) & ~hi.isnan()) | ((w < lo) & ~lo.isnan())
+    counts = marks.sum(0)
+    k = min(o // 20, d - 1)
+    group = torch.zeros(d, dtype=torch.long, device=w.device)
+    if k > 0:
+        order = torch.argsort(-counts, stable=True)
+        group[order[:k]] = 1
+    return group

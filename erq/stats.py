@@ -1,0 +1,113 @@
+"""Streaming per-layer calibration statistics.
+
+For every linear layer (and the patch embedding, on its im2col rows) one pass accumulates
+``A^T A``, ``A^T X~``, the column sums of ``A`` and ``sum ||Y||^2`` (``A = [Q_a(X), 1]``,
+``X~ = [X, 1]``, ``Y`` the layer's FP output) through :func:`erq_kernels.gram_update`.
+Nothing else is kept: memory is ``O((D+1)^2)`` per layer, whatever the number of images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import erq_kernels
+from .modules import QuantConv2d
+
+
+@dataclass
+class LayerStats:
+    """Sufficient statistics of one layer (``n = D + 1``)."""
+    ata: torch.Tensor      # (n, n) A^T A
+    atx: torch.Tensor      # (n, n) A^T X~
+    colsum: torch.Tensor   # (n,) column sums of A
+    tokens: int = 0        # N, rows of A
+    yy: torch.Tensor = field(default=None)  # () float64, sum of squared FP outputs
+
+    @classmethod
+    def empty(cls, d: int, device) -> "LayerStats":
+        z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=device)  # noqa: E731
+        return cls(z(d + 1, d + 1), z(d + 1, d + 1), z(d + 1), 0,
+                   torch.zeros((), dtype=torch.float64, device=device))
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``(n,)`` and unbiased covariance ``(n, n)`` of the rows of ``A``."""
+        n = self.tokens
+        mu = self.colsum / n
+        cov = (self.ata - n * torch.outer(mu, mu)) / max(n - 1, 1)
+        return mu, cov
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as the rows ``X`` ``(N, D)`` its weight multiplies."""
+    if isinstance(module, QuantConv2d):
+        return module.unfold(x)
+    return x.reshape(-1, x.shape[-1])
+
+
+def input_quant_params(module: nn.Module):
+    iq = getattr(module, "input_quant", None)
+    if iq is None:
+        return None, None, None
+    return iq.scale, iq.zero, iq.qmax
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, device,
+                  stop_after: str | None = None, progress=None) -> dict[str, LayerStats]:
+    """Run ``batches`` of images through ``model`` and return the statistics of ``layers``.
+
+    The quantization state of ``model`` is left as the caller set it (all off for the
+    authors' independent mode; earlier blocks quantized for sequential mode). With
+    ``stop_after`` the forward pass stops once that layer has run.
+    """
+    stats = {}
+    handles = []
+    for name, m in layers.items():
+        d = m.weight[0].numel()
+        stats[name] = st = LayerStats.empty(d, device)
+
+        def hook(mod, inputs, output, name=name, st=st):
+            x = layer_rows(mod, inputs[0])
+            s, z, qmax = input_quant_params(mod)
+            erq_kernels.gram_update(x, st.ata, st.atx, st.colsum, s, z, qmax)
+            st.tokens += x.shape[0]
+            st.yy += output.double().pow(2).sum()
+            if name == stop_after:
+                raise _Stop
+        handles.append(m.register_forward_hook(hook))
+    try:
+        for images in batches:
+            try:
+                model(images.to(device, non_blocking=True))
+            except _Stop:
+                pass
+            if progress is not None:
+                progress.update(images.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, st in stats.items():
+        if not bool(torch.isfinite(st.ata).all() & torch.isfinite(st.atx).all()):
+            raise FloatingPointError(
+                f"layer {name}: calibration statistics contain NaN or Inf "
+                "(non-finite activations reached this layer)")
+    return stats
+
+
+def output_error(st: LayerStats, theta: torch.Tensor, target: torch.Tensor) -> float:
+    """``||A theta - X~ target||^2 / ||X~ target||^2`` from the statistics alone.
+
+    ``theta`` and ``target`` are ``(n, O)`` (``[W, b]^T``); ``target`` must be the weights the
+    statistics were gathered with, so that ``sum ||Y||^2`` is its output energy.
+    """
+    t = theta.double()
+    quad = (t * (st.ata.double() @ t)).sum()
+    cross = (t * (st.atx.double() @ target.double())).sum()
+    yy = st.yy.double()
+    return float((quad - 2 * cross + yy).clamp_min(0) / yy.clamp_min(1e-30))
