@@ -1,0 +1,73 @@
+"""pytest-benchmark timings of rounding refinement and Gram statistics (GPU only).
+
+Run: ``pytest benchmarks/test_bench_rounding_gram.py --benchmark-only`` on a CUDA machine.
+Each kernel is checked against the reference before it is timed.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("pytest_benchmark")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+ROUNDING_SHAPES = [(579, 96), (2307, 384), (3843, 640), (3843, 5)]  # (O, |S|)
+GRAM_SHAPES = [(6304, 192), (6304, 768), (100864, 768)]  # (N, D)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def _sync(fn):
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("o,s", ROUNDING_SHAPES)
+def test_rounding_refine(benchmark, o, s, backend):
+    import bench_rounding_gram as B
+    from erq_kernels import reference, rounding
+    gen = torch.Generator(device="cuda").manual_seed(o + s)
+    er, ef, ec, c = B.make_rounding(o, s, gen)
+    fn = rounding.rounding_refine if backend == "triton" else reference.rounding_refine
+    run = _sync(lambda: fn(er, ef, ec, c, 100))
+    out = run()
+    assert bool(((out == er) | (out == ef) | (out == ec)).all())
+    if backend == "triton":
+        want = reference.rounding_refine(er, ef, ec, c, 100)
+        assert int((out != want).any(-1).sum()) <= max(1, o // 1000)  # ties only
+        benchmark(run)
+    else:
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("n,d", GRAM_SHAPES)
+def test_gram_update(benchmark, n, d, backend):
+    import bench_rounding_gram as B
+    from erq_kernels import gram, reference
+    gen = torch.Generator(device="cuda").manual_seed(n + d)
+    x = torch.randn(n, d, device="cuda", generator=gen) + 0.2
+    scale, zero, qmax = B.quantizer("tensor", x)
+    bufs = [torch.zeros(d + 1, d + 1, device="cuda"), torch.zeros(d + 1, d + 1, device="cuda"),
+            torch.zeros(d + 1, device="cuda")]
+    fn = gram.gram_update if backend == "triton" else reference.gram_update
+    run = _sync(lambda: fn(x, *bufs, scale, zero, qmax))
+    run()
+    ra, rx = B.fp64_stats(x, scale, zero, qmax)
+    # fp32 sums over up to 10^5 tokens: both backends land near 1e-7..1e-6
+    assert B.rel(bufs[0], ra) < 1e-5 and B.rel(bufs[1], rx) < 1e-5
+    benchmark(run)
