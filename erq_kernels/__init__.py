@@ -17,11 +17,13 @@ from ._dispatch import choose as backend_for
 __all__ = [
     "cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
     "inverse_cholesky_upper", "gram_update", "fake_quant", "fake_quant_log2",
-    "fake_quant_linear", "rounding_refine", "backend_for", "reference", "HAS_TRITON",
+    "fake_quant_linear", "fake_quant_matmul", "rounding_refine", "backend_for", "reference",
+    "HAS_TRITON",
 ]
 
 for _name in ("cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
-              "inverse_cholesky_upper", "gram_update", "fake_quant_linear", "rounding_refine"):
+              "inverse_cholesky_upper", "gram_update", "fake_quant_linear", "fake_quant_matmul",
+              "rounding_refine"):
     _dispatch.register(_name, "reference", getattr(reference, _name))
 
 try:  # Triton kernels register themselves; a missing or broken Triton leaves the references.
@@ -99,6 +101,16 @@ def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None):
     fn = _dispatch.implementation("fake_quant_linear", x.device,
                                   {"n": weight.shape[0], "batch": x.numel() // x.shape[-1]})
     return fn(x, weight, bias, scale, zero, qmax)
+
+
+def fake_quant_matmul(a, b, a_quant=None, b_quant=None):
+    """``Q_a(a) @ Q_b(b)`` (attention matmuls). See :func:`reference.fake_quant_matmul`."""
+    batch = 1
+    for s in torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]):
+        batch *= s
+    fn = _dispatch.implementation("fake_quant_matmul", a.device,
+                                  {"batch": batch, "n": b.shape[-1], "nrhs": a.shape[-2]})
+    return fn(a, b, a_quant, b_quant)
 
 
 def rounding_refine(e_round, e_floor, e_ceil, c, max_steps=100):

@@ -260,3 +260,38 @@ def rounding_refine(
         if not bool(active.any()):
             break
     return delta.squeeze(0) if squeeze else delta
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake-quantized matmul (attention)
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["fake_quant_matmul"]
+
+
+def _apply_quant(t: torch.Tensor, quant) -> torch.Tensor:
+    """Apply ``("uniform", scale, zero, qmax)``, ``("log2", scale, n_bits)`` or ``None``."""
+    if quant is None:
+        return t
+    if quant[0] == "uniform":
+        _, scale, zero, qmax = quant
+        return fake_quant(t, scale, zero, qmax)
+    if quant[0] == "log2":
+        _, scale, n_bits = quant
+        return fake_quant_log2(t, scale, n_bits)
+    raise ValueError(f"unknown quantizer kind {quant[0]!r}")
+
+
+def fake_quant_matmul(a: torch.Tensor, b: torch.Tensor, a_quant=None, b_quant=None) -> torch.Tensor:
+    """``Q_a(a) @ Q_b(b)``: the attention matmuls with fake-quantized operands.
+
+    Args:
+        a: ``(..., M, K)``; b: ``(..., K, N)`` of the same dtype, leading dims broadcastable
+            (e.g. ``(B, H, M, K) @ (B, H, K, N)``).
+        a_quant, b_quant: ``("uniform", scale, zero, qmax)`` (per-tensor; for ``a`` also
+            per channel along ``K``), ``("log2", scale, n_bits)`` (:func:`fake_quant_log2`,
+            for attention probabilities) or ``None`` (operand used as is).
+    Returns:
+        ``(..., M, N)`` in ``a``'s dtype.
+    """
+    return torch.matmul(_apply_quant(a, a_quant), _apply_quant(b, b_quant))

@@ -1,0 +1,314 @@
+"""Fake-quantized matmuls on Triton: the linear layers and the two attention matmuls.
+
+* ``fake_quant_linear(x, weight, bias, scale, zero, qmax)``: ``fake_quant(x) @ weight.T + bias``
+  with ``x (..., K)``, ``weight (N, K)`` already on its grid (dequantized).
+* ``fake_quant_matmul(a, b, a_quant, b_quant)``: ``Q_a(a) @ Q_b(b)`` batched over leading dims
+  (``q @ k^T`` with uniform quantizers, ``P @ v`` with the log-sqrt(2) quantizer on ``P``).
+* ``fake_quant_tensor(x, quant)``: ``Q(x)`` in one pass.
+
+A quantizer is ``("uniform", scale, zero, qmax)``, ``("log2", scale, n_bits)`` or ``None``
+(:func:`erq_kernels.reference.fake_quant_matmul`). Scale and zero are Python numbers (fp32
+kernel arguments) or tensors (read on the device, no host sync): one value, or for the left
+operand / the tensor ``K`` values (per channel along the last dimension).
+
+Strategies (``strategy=``; :func:`default_strategy` picks one per op, dtype and quantizer from
+the H200 measurements in ``benchmarks/results/fakequant.json``):
+
+* ``"fused"``: one kernel, the operand tiles quantized in the prologue, bias in the epilogue.
+  The prologue is recomputed for every column tile (N / BLOCK_N times), which makes it
+  ALU-bound against bf16 tensor cores.
+* ``"prequant"``: one Triton pass writes ``Q(x)`` in ``x``'s dtype (read 1x, write 1x), then
+  the torch GEMM (cuBLAS; fp32 with TF32 off, i.e. IEEE SGEMM).
+* ``"prequant_triton"``: the same pass, then the kernel above without quantizers (fp32:
+  tf32x3 tensor-core products).
+
+Numerics (every strategy). The quantization is done in fp32 exactly as the reference writes it:
+``x / scale`` correctly rounded (Markstein's reciprocal-and-FMA correction on GPU, ``div_rn``
+in the interpreter; the plain Triton ``/`` is approximate), rounding half-to-even like
+``torch.round``, dequantized value ``(q - zero) * scale``; the quantized operand is
+bit-identical to ``reference.fake_quant`` of the fp32 input (torch on CUDA divides by a
+Python-number scale through its reciprocal; by a tensor scale exactly, like this module). fp32
+products are IEEE-class (tf32x3 or SGEMM, never plain TF32). bf16/fp16 inputs are upcast,
+quantized in fp32 and rounded once to the input dtype, products accumulate in fp32 (eager bf16
+``fake_quant`` rounds every step to bf16 instead, so its values differ by bf16 ulps). The
+log-sqrt(2) level uses ``tl.log2`` (hardware approximation on GPU): it matches the reference
+except where ``-2 log2(x / s)`` lies within ~1e-6 of a half-integer. NaN inputs quantize to a
+saturated level, not NaN.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from . import _dispatch
+from ._fakequant_kernels import fq_matmul_kernel, fq_tensor_kernel
+from .reference import _ieee_matmul
+
+__all__ = ["fake_quant_linear", "fake_quant_matmul", "fake_quant_tensor"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_NONE, _UNIFORM, _LOG2 = 0, 1, 2
+_P_SCALAR, _P_ONE, _P_VEC = 0, 1, 2  # parameters: kernel scalars, one value, K values
+STRATEGIES = ("fused", "prequant", "prequant_triton")
+
+
+def default_strategy(op: str, dtype, a_quant=None) -> str:
+    """The strategy the Triton backend runs: the fastest in ``benchmarks/bench_fakequant.py``
+    on an H200 (2026-11-27; ViT-B/H shapes, see benchmarks/results/fakequant.json).
+
+    fp32 linear: fused (1.4-2.0x eager; prequant_triton was within 10 % of it, either way).
+    bf16 linear: prequant (0.6-2.1x fused vs 1.0-4.4x prequant). fp32 attention: prequant
+    (2.2-4.6x). bf16 attention: ``q @ k^T`` fused (2.4-2.7x), ``P @ v`` (log2 quantizer, whose
+    prologue is the costliest) prequant (4.9-5.8x).
+    """
+    fp32 = dtype == torch.float32
+    if op == "linear":
+        return "fused" if fp32 else "prequant"
+    if fp32 or (a_quant is not None and a_quant[0] == "log2"):
+        return "prequant"
+    return "fused"
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configurations
+# ---------------------------------------------------------------------------------------------
+
+def _cfg(bm, bn, bk, warps, stages, swap=False):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP": swap},
+                         num_warps=warps, num_stages=stages)
+
+
+# Few candidates each (compile time counts). SWAP computes C^T so that a quantized tile is the
+# shared-memory operand of the Hopper wgmma (a register operand produced by the prologue makes
+# ptxas serialize the wgmma, warning C7515); the autotuner decides.
+_CONFIGS = {
+    ("large", True): [_cfg(128, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 3, True),
+                      _cfg(64, 128, 32, 4, 4)],
+    ("large", False): [_cfg(128, 256, 64, 8, 3), _cfg(128, 256, 64, 8, 3, True),
+                       _cfg(128, 128, 64, 8, 4), _cfg(128, 128, 64, 8, 4, True)],
+    ("small", True): [_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 4, 3), _cfg(64, 128, 32, 4, 3)],
+    ("small", False): [_cfg(64, 64, 64, 4, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3)],
+}
+_INTERP_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SWAP": False}
+_TUNED = {}
+
+
+def _tuned_kernel(kind: str, fp32: bool):
+    key = (kind, fp32)
+    if key not in _TUNED:
+        # M is left out of the large-problem key: the token count changes with the batch and
+        # re-tuning each time would cost more than it wins.
+        tune_key = ["N", "K", "A_QUANT", "B_QUANT", "HAS_BIAS"]
+        if kind == "small":
+            tune_key = ["M"] + tune_key
+        _TUNED[key] = triton.autotune(configs=_CONFIGS[key], key=tune_key)(fq_matmul_kernel)
+    return _TUNED[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+def _param_tensor(v, device, numel):
+    t = v if torch.is_tensor(v) else torch.full((1,), float(v), device=device)
+    t = t.to(device=device, dtype=torch.float32).reshape(-1)
+    if t.numel() not in (1, numel):
+        raise ValueError(f"quantizer parameter has {t.numel()} values, expected 1 or {numel}")
+    return t.expand(numel).contiguous() if t.numel() != numel else t.contiguous()
+
+
+def _parse_quant(q, device, k: int, allow_vec: bool):
+    """(mode, param_mode, scale, zero, qmax_or_levels) kernel arguments for one quantizer."""
+    if q is None:
+        return _NONE, _P_SCALAR, 1.0, 0.0, 0.0
+    kind = q[0]
+    if kind == "uniform":
+        _, s, z, qmax = q
+        mode, last = _UNIFORM, float(qmax)
+    elif kind == "log2":
+        _, s, n_bits = q
+        if not 1 <= int(n_bits) <= 8:
+            raise ValueError(f"log2 quantizer supports 1..8 bits, got {n_bits}")
+        z, mode, last = 0.0, _LOG2, float(2 ** int(n_bits))
+    else:
+        raise ValueError(f"unknown quantizer kind {kind!r}")
+    if isinstance(s, numbers.Real) and isinstance(z, numbers.Real):
+        return mode, _P_SCALAR, float(s), float(z), last
+    n = max(torch.as_tensor(s).numel(), torch.as_tensor(z).numel())
+    if n == 1:
+        return mode, _P_ONE, _param_tensor(s, device, 1), _param_tensor(z, device, 1), last
+    if not allow_vec or n != k:
+        raise ValueError(f"per-channel quantizer with {n} values not supported here")
+    return mode, _P_VEC, _param_tensor(s, device, k), _param_tensor(z, device, k), last
+
+
+def _check_dtypes(a, b):
+    if a.dtype != b.dtype:
+        raise TypeError(f"operand dtypes differ: {a.dtype} and {b.dtype}")
+    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"unsupported dtype {a.dtype}")
+
+
+def _strategy(op, dtype, strategy, a_quant=None):
+    strategy = strategy or default_strategy(op, dtype, a_quant)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+def _launch(a, b, bias, out, a_quant, b_quant, kind, precision=None, config=None):
+    """Fused kernel. a (G0, G1, M, K), b (G0, G1, K, N), out (G0, G1, M, N): any strides."""
+    g0, g1, m, k = a.shape
+    n = b.shape[-1]
+    _check_dtypes(a, b)
+    fp32 = a.dtype == torch.float32
+    aq, ap, a_s, a_z, a_last = _parse_quant(a_quant, a.device, k, allow_vec=True)
+    bq, bp, b_s, b_z, b_last = _parse_quant(b_quant, a.device, k, allow_vec=False)
+    if m == 0 or n == 0 or g0 * g1 == 0:
+        return out
+    args = (a, b, bias if bias is not None else out, out, m, n, k, g1,
+            *a.stride(), *b.stride(), *out.stride(), a_s, a_z, a_last, b_s, b_z, b_last)
+    flags = dict(A_QUANT=aq, A_PARAM=ap, B_QUANT=bq, B_PARAM=bp, HAS_BIAS=bias is not None,
+                 PRECISION=precision or ("tf32x3" if fp32 else "none"),
+                 EMULATE=_INTERPRET and not fp32, FAST_DIV=not _INTERPRET)
+    if config is None and _INTERPRET:
+        config = _INTERP_CONFIG
+    if config is not None:
+        cfg = {"GROUP_M": 8, "SWAP": False, **config}
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), g0 * g1)
+        fq_matmul_kernel[grid](*args, **flags, **cfg)
+        return out
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), g0 * g1)
+
+    _tuned_kernel(kind, fp32)[grid](*args, **flags)
+    return out
+
+
+def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
+    """``Q(x)`` in one pass: a new contiguous tensor of ``x``'s shape and dtype.
+
+    Args:
+        x: fp32, bf16 or fp16, any strides (up to 4 dims without a copy).
+        quant: ``("uniform", scale, zero, qmax)`` (per-tensor or per channel along the last
+            dim), ``("log2", scale, n_bits)`` or ``None`` (returns ``x`` itself).
+    """
+    if quant is None:
+        return x
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"unsupported dtype {x.dtype}")
+    if x.numel() >= 2 ** 31:
+        raise ValueError("tensor too large for 32-bit indexing")
+    k = x.shape[-1] if x.dim() else 1
+    mode, pm, s, z, last = _parse_quant(quant, x.device, k, allow_vec=True)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if x.numel() == 0:
+        return y
+    x4 = x.reshape(-1, *x.shape[-3:]) if x.dim() > 4 else x
+    while x4.dim() < 4:
+        x4 = x4.unsqueeze(0)
+    block = 1024 if _INTERPRET else 2048
+    fq_tensor_kernel[(triton.cdiv(x.numel(), block),)](
+        x4, y, x.numel(), x4.shape[1], x4.shape[2], x4.shape[3], *x4.stride(), s, z, last,
+        QUANT=mode, PARAM=pm, CONTIG=x4.is_contiguous(),
+        EMULATE=_INTERPRET and x.dtype != torch.float32, FAST_DIV=not _INTERPRET,
+        BLOCK=block, num_warps=4)
+    return y
+
+
+def _torch_gemm(fn, dtype):
+    if dtype == torch.float32:
+        with _ieee_matmul():
+            return fn()
+    return fn()
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops
+# ---------------------------------------------------------------------------------------------
+
+def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None, *,
+                      strategy=None, precision=None, config=None):
+    """``fake_quant(x, scale, zero, qmax) @ weight.T + bias``.
+
+    Args:
+        x: ``(..., K)`` fp32, bf16 or fp16 (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+        weight: ``(N, K)`` of ``x``'s dtype, already on its quantization grid; any strides.
+        bias: ``(N,)`` or ``None`` (added in fp32 by ``"fused"``; cast to ``x``'s dtype for the
+            torch GEMM of ``"prequant"``).
+        scale, zero, qmax: per-tensor (numbers or 1-element tensors) or per-channel ``(K,)``
+            activation quantizer; ``scale=None`` for no input quantization.
+        strategy: ``None`` (default for the dtype), ``"fused"``, ``"prequant"``,
+            ``"prequant_triton"``. precision, config: test hooks of the Triton GEMM
+            (``"ieee"`` products; a fixed tile dict instead of autotuning).
+    Returns:
+        ``(..., N)`` in ``x``'s dtype.
+    """
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
+    _check_dtypes(x, weight)
+    strategy = _strategy("linear", x.dtype, strategy)
+    k, n = weight.shape[1], weight.shape[0]
+    quant = None if scale is None else ("uniform", scale, zero, qmax)
+    if strategy == "prequant":
+        xq = fake_quant_tensor(x, quant)
+        b = None if bias is None else bias.to(x.dtype)
+        return _torch_gemm(lambda: F.linear(xq, weight, b), x.dtype)
+    if strategy == "prequant_triton":
+        x, quant = fake_quant_tensor(x, quant), None
+    x2 = x.reshape(-1, k)
+    out = torch.empty(x2.shape[0], n, device=x.device, dtype=x.dtype)
+    _launch(x2[None, None], weight.t()[None, None], bias, out[None, None], quant, None,
+            "large", precision, config)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _as4d(t):
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t.reshape(-1, *t.shape[-3:]) if t.dim() > 4 else t
+
+
+def fake_quant_matmul(a, b, a_quant=None, b_quant=None, *, strategy=None, precision=None,
+                      config=None):
+    """``Q_a(a) @ Q_b(b)`` (the attention matmuls).
+
+    Args:
+        a: ``(..., M, K)``; b: ``(..., K, N)``, same dtype (fp32, bf16 or fp16), leading dims
+            broadcastable; any strides (e.g. ``k.transpose(-2, -1)`` needs no copy).
+        a_quant: ``("uniform", scale, zero, qmax)`` (per-tensor, or ``(K,)`` per channel),
+            ``("log2", scale, n_bits)`` or ``None``; b_quant: the same, per-tensor only.
+        strategy, precision, config: as in :func:`fake_quant_linear`.
+    Returns:
+        ``(*batch, M, N)`` in ``a``'s dtype.
+    """
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} do not multiply")
+    _check_dtypes(a, b)
+    if b_quant is not None and max(torch.as_tensor(v).numel() for v in b_quant[1:3]) > 1:
+        raise ValueError("b_quant must be per-tensor")
+    strategy = _strategy("matmul", a.dtype, strategy, a_quant)
+    if strategy != "fused":
+        a, b = fake_quant_tensor(a, a_quant), fake_quant_tensor(b, b_quant)
+        a_quant = b_quant = None
+        if strategy == "prequant":
+            return _torch_gemm(lambda: torch.matmul(a, b), a.dtype)
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, n = a.shape[-2], b.shape[-1]
+    out = torch.empty(*batch, m, n, device=a.device, dtype=a.dtype)
+    _launch(_as4d(a.expand(*batch, *a.shape[-2:])), _as4d(b.expand(*batch, *b.shape[-2:])),
+            None, _as4d(out), a_quant, b_quant, "small", precision, config)
+    return out
+
+
+_dispatch.register("fake_quant_linear", "triton", fake_quant_linear)
+_dispatch.register("fake_quant_matmul", "triton", fake_quant_matmul)
