@@ -62,7 +62,8 @@ def _val_loader(args, model, transform):
     ds = ImageFolderDataset(args.val, transform, num_classes=model.num_classes)
     if args.num_val is not None:
         ds.items = ds.items[: args.num_val]
-    return make_loader(ds, args.eval_batch_size, args.workers)
+    bs = args.eval_batch_size or (256 if torch.cuda.is_available() and args.device != "cpu" else 16)
+    return make_loader(ds, bs, args.workers)
 
 
 def cmd_quantize(args) -> dict:
@@ -154,7 +155,8 @@ def _common(p) -> None:
     p.add_argument("--checkpoint", default=None, help="weights file (default: the bundled ViT-Ti, or timm's download)")
     p.add_argument("--val", default=str(Path(DEFAULT_DATA) / "imagenet-val"), help="evaluation image folder")
     p.add_argument("--num-val", type=int, default=None, help="evaluate on the first N images only")
-    p.add_argument("--eval-batch-size", type=int, default=100)
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="default: 16 on the CPU (activations stay in cache), 256 on a GPU")
     p.add_argument("--workers", type=int, default=None, help="data loader processes")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--json", default=None, help="write the results here")

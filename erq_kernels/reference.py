@@ -243,8 +243,10 @@ def rounding_refine(
     delta = e_round.clone()
     active = torch.ones(delta.shape[:2], dtype=torch.bool, device=delta.device)
     cdiag = c.diagonal(dim1=-2, dim2=-1)  # (B, S)
+    # g = 2 C Delta in row-vector form (C symmetric); afterwards updated by the accepted
+    # flips only (2 d C[j, :]), O(O S) per step instead of a full product.
+    g_full = 2.0 * torch.bmm(delta, c)
     for _ in range(max_steps):
-        g_full = 2.0 * torch.bmm(delta, c)  # C symmetric: row-vector form of 2 C Delta
         g = torch.where(delta * g_full <= 0, torch.zeros_like(g_full), g_full)
         j = torch.argmax(g.abs(), dim=-1, keepdim=True)  # first index on ties
         dj = delta.gather(-1, j)
@@ -254,9 +256,12 @@ def rounding_refine(
         new = torch.where((v - cj).abs() <= (v - fj).abs(), cj, fj)
         d = new - dj
         change = d * g_full.gather(-1, j) + d * d * cdiag.gather(-1, j.squeeze(-1)).unsqueeze(-1)
-        ok = (change <= 0).squeeze(-1) & active
-        delta.scatter_(-1, j, torch.where(ok.unsqueeze(-1), new, dj))
-        active = ok
+        active = (change <= 0).squeeze(-1) & active
+        keep = active.unsqueeze(-1)
+        d = torch.where(keep, d, torch.zeros_like(d))
+        delta.scatter_(-1, j, torch.where(keep, new, dj))  # exactly a floor or ceil value
+        rows = c.gather(1, j.expand(-1, -1, c.shape[-1]))  # C[j, :] per row
+        g_full.add_(2.0 * d * rows)
         if not bool(active.any()):
             break
     return delta.squeeze(0) if squeeze else delta

@@ -1,0 +1,203 @@
+"""ERQ's two steps and the GPTQ baseline against direct fp64 implementations."""
+import logging
+
+import pytest
+import torch
+
+import erq_kernels
+from erq.aqer import aqer
+from erq.gptq import gptq
+from erq.pipeline import QuantConfig, quantize
+from erq.quantizers import WeightQuantizer
+from erq.stats import LayerStats, collect_stats, output_error
+from erq.wqer import grid_errors, proxy_matrix, wqer
+from erq_kernels.reference import fake_quant, rounding_refine
+
+from helpers import images, tiny_model
+
+
+def _layer(d, o, n_tok, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_tok, d, generator=g) * (1 + torch.rand(d, generator=g)) + 0.3 * torch.randn(d, generator=g)
+    w = torch.randn(o, d, generator=g) / d ** 0.5
+    b = torch.randn(o, generator=g) * 0.1
+    return x, w, b
+
+
+def _stats(x, scale, zero, qmax):
+    st = LayerStats.empty(x.shape[1], "cpu")
+    erq_kernels.gram_update(x, st.ata, st.atx, st.colsum, scale, zero, qmax)
+    st.tokens = x.shape[0]
+    return st
+
+
+def test_aqer_from_statistics_equals_least_squares_on_activations():
+    d, o, lam = 47, 30, 3.0
+    x, w, b = _layer(d, o, 900, 0)
+    s, z, qmax = torch.tensor(0.4), torch.tensor(8.0), 15
+    st = _stats(x, s, z, qmax)
+    theta = torch.cat([w, b[:, None]], 1)[None]
+    got, _ = aqer(st.ata[None], st.atx[None], theta, torch.tensor([lam]), ["l"])
+    # direct fp64 ridge regression from the activations themselves
+    a = torch.cat([fake_quant(x, s, z, qmax), torch.ones(900, 1)], 1).double()
+    y = (x.double() @ w.double().T + b.double())
+    t = theta[0].T.double()
+    ref = torch.linalg.solve(a.T @ a + lam * torch.eye(d + 1, dtype=torch.float64), a.T @ y + lam * t)
+    assert float((got[0].T.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def _direct_wqer(theta, h, c, scale, zero, qmax, lam, steps=100):
+    """Section 4 verbatim in fp64: explicit (H_RR + lam I)^-1 in every pass."""
+    theta = theta.double().clone()
+    h, c = h.double(), c.double()
+    remaining = list(range(theta.shape[1]))
+    while len(remaining) > 1:
+        half = len(remaining) // 2
+        s_idx, r_idx = remaining[:half], remaining[half:]
+        er, ef, ec = grid_errors(theta[:, s_idx], scale[:, s_idx].double(), zero[:, s_idx].double(), qmax)
+        delta = rounding_refine(er, ef, ec, c[s_idx][:, s_idx], steps)
+        h_rr = h[r_idx][:, r_idx] + lam * torch.eye(len(r_idx), dtype=torch.float64)
+        theta[:, r_idx] += -delta @ h[s_idx][:, r_idx] @ torch.linalg.inv(h_rr)
+        theta[:, s_idx] += delta
+        remaining = r_idx
+    return theta
+
+
+@pytest.mark.parametrize("n", [65, 193])
+def test_one_factorization_wqer_equals_direct_loop(n):
+    d, o = n - 1, 24
+    x, w, b = _layer(d, o, 3000, n)
+    s, z, qmax = torch.tensor(0.3), torch.tensor(7.0), 15
+    st = _stats(x, s, z, qmax)
+    wq = WeightQuantizer(3, o, d)
+    wq.calibrate(w)
+    scale, zero = wq.maps()
+    theta = torch.cat([w, b[:, None]], 1)
+    lam = 0.01 * float(st.ata.diagonal().mean())
+    got = wqer(theta[None], st.ata[None], st.colsum[None], st.tokens, scale[None], zero[None],
+               wq.qmax, torch.tensor([lam]), ["l"])[0]
+    c = proxy_matrix(st.ata[None], st.colsum[None], st.tokens)[0]
+    ref = _direct_wqer(theta, st.ata, c, scale, zero, wq.qmax, lam)
+    codes_got = torch.round(got[:, :d] / scale) + zero
+    codes_ref = torch.round(ref[:, :d].float() / scale) + zero
+    assert torch.equal(codes_got, codes_ref)  # same rounding decisions
+    assert float((got.double() - ref).abs().max()) < 1e-5
+    assert torch.equal(got[:, :d], wq.quantize(got[:, :d]))  # weights on the grid, bias FP
+
+
+def test_wqer_reduces_output_error_below_round_to_nearest():
+    d, o = 64, 40
+    x, w, b = _layer(d, o, 2000, 5)
+    x = x @ torch.randn(d, d, generator=torch.Generator().manual_seed(6)) / d ** 0.5  # correlated inputs
+    st = _stats(x, None, None, None)
+    st.yy = (x.double() @ w.double().T + b.double()).pow(2).sum()
+    wq = WeightQuantizer(3, o, d)
+    wq.calibrate(w)
+    scale, zero = wq.maps()
+    theta = torch.cat([w, b[:, None]], 1)
+    lam = torch.tensor([0.01 * float(st.ata.diagonal().mean())])
+    q = wqer(theta[None], st.ata[None], st.colsum[None], st.tokens, scale[None], zero[None], 7, lam, ["l"])[0]
+    rtn = torch.cat([wq.quantize(w), b[:, None]], 1)
+    e_q, e_rtn = output_error(st, q.T, theta.T), output_error(st, rtn.T, theta.T)
+    assert e_q < 0.7 * e_rtn, (e_q, e_rtn)
+
+
+def test_rounding_refinement_never_increases_the_proxy():
+    g = torch.Generator().manual_seed(3)
+    for s in (1, 5, 33):
+        w = torch.randn(40, s, generator=g)
+        a = torch.randn(200, s, generator=g)
+        c = a.T @ a / 200 + torch.outer(a.mean(0), a.mean(0))
+        sc = torch.full((40, s), 0.37)
+        er, ef, ec = grid_errors(w, sc, torch.full_like(sc, 8.0), 15)
+        delta = erq_kernels.rounding_refine(er, ef, ec, c)
+        proxy = lambda t: ((t @ c) * t).sum(1)  # noqa: E731
+        assert torch.all(proxy(delta) <= proxy(er) + 1e-6)
+        assert torch.all((delta == ef) | (delta == ec))
+
+
+def _plain_gptq(w, h, scale, zero, qmax, percdamp=0.01):
+    """Per-column OBS updates with the explicit inverse of the remaining Hessian, fp64."""
+    w, h = w.double().clone(), h.double().clone()
+    h += percdamp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=torch.float64)
+    q = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        hinv = torch.linalg.inv(h[i:, i:])
+        col = w[:, i]
+        q[:, i] = (torch.clamp(torch.round(col / scale[:, i]) + zero[:, i], 0, qmax) - zero[:, i]) * scale[:, i]
+        err = (col - q[:, i]) / hinv[0, 0]
+        w[:, i:] -= err[:, None] * hinv[0][None, :]
+    return q
+
+
+@pytest.mark.parametrize("blocksize", [128, 16])
+def test_gptq_matches_plain_per_column_reference(blocksize):
+    d, o = 70, 20
+    x, w, _ = _layer(d, o, 500, 9)
+    h = x.T @ x
+    wq = WeightQuantizer(4, o, d)
+    wq.calibrate(w)
+    scale, zero = wq.maps()
+    got = gptq(w[None], h[None], scale[None], zero[None], 15, ["l"], blocksize=blocksize)[0]
+    ref = _plain_gptq(w, h, scale, zero, 15)
+    assert (got.double() - ref).abs().max() < 1e-4
+    assert torch.equal(got, wq.quantize(got))
+
+
+def test_gptq_act_order_quantizes_onto_the_grid_and_beats_rtn():
+    d, o = 48, 16
+    x, w, _ = _layer(d, o, 400, 11)
+    h = x.T @ x
+    wq = WeightQuantizer(3, o, d)
+    wq.calibrate(w)
+    scale, zero = wq.maps()
+    q = gptq(w[None], h[None], scale[None], zero[None], 7, ["l"], act_order=True)[0]
+    assert torch.equal(q, wq.quantize(q))
+    err = lambda v: float(((x @ (v - w).T) ** 2).sum())  # noqa: E731
+    assert err(q) < err(wq.quantize(w))
+
+
+def test_statistics_memory_does_not_depend_on_the_number_of_images():
+    model = tiny_model("vit")
+    from erq.modules import weighted_layers
+    from erq.wrap import wrap_model
+    wrap_model(model)
+    layers = dict(weighted_layers(model))
+    sizes = []
+    for n in (8, 64):
+        x = images(model, n)
+        st = collect_stats(model, layers, [x[i:i + 8] for i in range(0, n, 8)], "cpu")
+        sizes.append(sum(t.numel() * t.element_size() for s in st.values() for t in (s.ata, s.atx, s.colsum)))
+        assert all(s.tokens == n * (17 if "patch" not in k else 16) for k, s in st.items() if "head" not in k)
+    assert sizes[0] == sizes[1]
+
+
+def test_non_positive_definite_gram_retries_with_more_damping_and_says_so(caplog):
+    d, o = 20, 6
+    x, w, b = _layer(d, o, 10, 1)  # 10 tokens < 21 columns: singular A^T A
+    x[:, 3] = 0  # and a dead channel
+    st = _stats(x, None, None, None)
+    theta = torch.cat([w, b[:, None]], 1)[None]
+    with caplog.at_level(logging.WARNING, logger="erq"):
+        out, lam = aqer(st.ata[None], st.atx[None], theta, torch.tensor([0.0]), ["blocks.0.mlp.fc1"])
+    assert torch.isfinite(out).all() and float(lam[0]) > 0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "blocks.0.mlp.fc1" in msgs[0] and "not positive definite" in msgs[0]
+
+
+def test_nan_in_activations_names_the_layer():
+    model = tiny_model("vit")
+    model.blocks[1].mlp.fc1.weight.data[0, 0] = float("inf")  # inf -> NaN after GELU
+    x = images(model, 2)
+    with pytest.raises(FloatingPointError, match="blocks.1.mlp.fc1"):
+        quantize(model, [x], QuantConfig(method="erq", progress=False))
+
+
+def test_nan_in_statistics_names_the_layer():
+    model = tiny_model("vit")
+    model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, i: (i[0] * float("nan"),))
+    from erq.modules import weighted_layers
+    from erq.wrap import wrap_model
+    wrap_model(model)
+    with pytest.raises(FloatingPointError, match="blocks.0.attn.proj"):
+        collect_stats(model, dict(weighted_layers(model)), [images(model, 2)], "cpu")
