@@ -1,0 +1,188 @@
+"""Triton linear algebra (erq_kernels/cholesky.py) against fp64 references.
+
+Runs the kernels through TRITON_INTERPRET=1 on the CPU (set by conftest.py); the module's
+functions are called directly, so the Triton backend is what is tested.
+"""
+import importlib
+
+import pytest
+import torch
+
+import erq_kernels
+from erq_kernels import _dispatch, reference
+
+C = importlib.import_module("erq_kernels.cholesky")
+F64 = torch.float64
+
+
+def spd(batch, n, cond=10.0):
+    """Random SPD matrices with eigenvalues log-spaced from 1 to 1/cond (fp64)."""
+    q, _ = torch.linalg.qr(torch.randn(batch, n, n, dtype=F64))
+    ev = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), n, dtype=F64)
+    ev = ev[torch.randperm(n)]
+    return (q * ev) @ q.mT
+
+
+def rel(x, ref):
+    """Normwise relative error over the whole batch, ``||x - ref||_F / ||ref||_F``."""
+    return float((x.to(F64) - ref).norm() / ref.norm())
+
+
+def eye(n):
+    return torch.eye(n, dtype=F64)
+
+
+@pytest.mark.parametrize("n", [17, 33, 65, 193])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cholesky_residual(n, batch):
+    a = spd(batch, n)
+    L, info = C.cholesky(a.float())
+    assert L.dtype == torch.float32 and L.shape == a.shape
+    assert info.dtype == torch.int32 and info.shape == (batch,) and int(info.abs().sum()) == 0
+    assert float(L.triu(1).abs().max()) == 0.0
+    Ld = L.to(F64)
+    assert rel(Ld @ Ld.mT, a) < 1e-6
+
+
+def test_cholesky_ill_conditioned_and_block_128(monkeypatch):
+    a = spd(1, 150, cond=1e6)
+    ref_res = rel((lambda l: l @ l.mT)(torch.linalg.cholesky(a.float()).to(F64)), a)
+    for nb in (64, 128):
+        monkeypatch.setattr(C, "CHOL_NB", nb)
+        L, info = C.cholesky(a.float())
+        assert int(info.abs().sum()) == 0
+        res = rel(L.to(F64) @ L.to(F64).mT, a)
+        assert res < 1e-6 and res <= 2 * ref_res + 1e-7, (nb, res, ref_res)
+
+
+def test_cholesky_lam_scalar_and_per_matrix():
+    a = spd(5, 33)
+    lam_t = torch.rand(5, dtype=F64)
+    for lam, lam_ref in ((0.3, 0.3), (lam_t.float(), lam_t[:, None, None])):
+        L, info = C.cholesky(a.float(), lam)
+        ad = a + lam_ref * eye(33)
+        assert int(info.abs().sum()) == 0
+        assert rel(L.to(F64) @ L.to(F64).mT, ad) < 1e-6
+
+
+def test_cholesky_info_planted_pivot():
+    """``A = M diag(d) M^T`` with ``M`` unit lower triangular has pivots exactly ``d``, so the
+    first negative ``d_p`` is the first failing pivot: ``info = p + 1``."""
+    n = 130
+    pivots = [None, 0, 40, 64, 129]
+    mats = []
+    for p in pivots:
+        m = torch.eye(n, dtype=F64) + torch.tril(torch.randn(n, n, dtype=F64), -1) * 0.3 / n ** 0.5
+        d = torch.rand(n, dtype=F64) + 0.5
+        if p is not None:
+            d[p] = -1.0
+            d[min(p + 3, n - 1)] = -2.0  # later failures must not overwrite the first
+        mats.append((m * d) @ m.mT)
+    a = torch.stack(mats).float()
+    _, info = C.cholesky(a)
+    expected = [0 if p is None else p + 1 for p in pivots]
+    assert info.tolist() == expected
+    assert info.tolist() == torch.linalg.cholesky_ex(a)[1].tolist()
+    _, info_r = C.ridge_solve(a[:, :40, :40], torch.randn(len(pivots), 40, 4))
+    assert info_r.tolist() == [0 if p is None or p >= 40 else p + 1 for p in pivots]
+
+
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize("left", [True, False])
+def test_solve_triangular(upper, left):
+    n, k = 130, 150  # three 64-row blocks (the last of 2 rows), two strips of columns
+    L = torch.linalg.cholesky(spd(2, n, cond=1e6))
+    t = L.mT if upper else L
+    b = torch.randn(2, n, k, dtype=F64) if left else torch.randn(2, k, n, dtype=F64)
+    x = C.solve_triangular(t.float(), b.float(), upper=upper, left=left)
+    ref = torch.linalg.solve_triangular(t, b, upper=upper, left=left)
+    err_torch = rel(torch.linalg.solve_triangular(t.float(), b.float(), upper=upper, left=left),
+                    ref)
+    assert x.shape == b.shape
+    assert rel(x, ref) <= 2 * err_torch, (rel(x, ref), err_torch)
+
+
+def test_solve_triangular_unit_and_broadcast():
+    n = 33
+    t = torch.tril(torch.randn(n, n, dtype=F64), -1) / n ** 0.5 + 5 * eye(n)  # diagonal ignored
+    b = torch.randn(3, n, 7, dtype=F64)
+    x = C.solve_triangular(t.float(), b.float(), unitriangular=True)
+    ref = torch.linalg.solve_triangular(t, b, upper=False, unitriangular=True)
+    err_torch = rel(torch.linalg.solve_triangular(t.float(), b.float(), upper=False,
+                                                  unitriangular=True), ref)
+    assert rel(x, ref) <= 2 * err_torch + 1e-7
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_triangular_inverse(upper):
+    n = 97
+    L = torch.linalg.cholesky(spd(3, n, cond=1e6))
+    t = L.mT if upper else L
+    x = C.triangular_inverse(t.float(), upper=upper)
+    ref = torch.linalg.inv(t)
+    err_torch = rel(reference.triangular_inverse(t.float(), upper=upper), ref)
+    assert rel(x, ref) <= 2 * err_torch
+    zero = x.tril(-1) if upper else x.triu(1)
+    assert float(zero.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("n,batch,cond,lam", [
+    (17, 1, 1e6, None), (65, 5, 1e6, 0.0), (193, 1, 1e6, "per-matrix"), (33, 5, 10.0, 0.5)])
+def test_ridge_solve(n, batch, cond, lam):
+    g = spd(batch, n, cond)
+    b = torch.randn(batch, n, 3 * n, dtype=F64)
+    if lam == "per-matrix":
+        lam_t = torch.rand(batch, dtype=F64) * 1e-5
+        lam_k, lam_ref = lam_t.float(), lam_t[:, None, None]
+    else:
+        lam_k, lam_ref = lam, (lam or 0.0)
+    x, info = C.ridge_solve(g.float(), b.float(), lam_k)
+    ref = torch.linalg.solve(g + lam_ref * eye(n), b)
+    x_torch, _ = reference.ridge_solve(g.float(), b.float(), lam_k)
+    assert int(info.abs().sum()) == 0 and x.shape == b.shape
+    assert rel(x, ref) <= 2 * rel(x_torch, ref), (rel(x, ref), rel(x_torch, ref))
+
+
+@pytest.mark.parametrize("n,batch,cond,lam", [(65, 5, 1e6, 0.0), (193, 1, 1e3, "per-matrix")])
+def test_inverse_cholesky_upper(n, batch, cond, lam):
+    g = spd(batch, n, cond)
+    if lam == "per-matrix":
+        lam_t = torch.rand(batch, dtype=F64) * 0.1
+        lam_k, lam_ref = lam_t.float(), lam_t[:, None, None]
+    else:
+        lam_k, lam_ref = lam, lam
+    h = g + lam_ref * eye(n)
+    u, info = C.inverse_cholesky_upper(g.float(), lam_k)
+    assert int(info.abs().sum()) == 0
+    assert float(u.tril(-1).abs().max()) == 0.0
+    u_ref, _ = reference.inverse_cholesky_upper(h, None)
+    u_torch, _ = reference.inverse_cholesky_upper(g.float(), lam_k)
+    assert rel(u, u_ref) <= 2 * rel(u_torch, u_ref), (rel(u, u_ref), rel(u_torch, u_ref))
+    hinv = torch.linalg.inv(h)
+    ud = u.to(F64)
+    assert rel(ud.mT @ ud, hinv) <= 2 * rel(u_torch.to(F64).mT @ u_torch.to(F64), hinv) + 1e-7
+    for t0 in (n // 3, n - 20):  # trailing blocks: (H_TT)^-1 = U_TT^T U_TT
+        ut = ud[..., t0:, t0:]
+        assert rel(ut.mT @ ut, torch.linalg.inv(h[..., t0:, t0:])) < 1e-4 * cond / 1e3
+
+
+def test_dispatch_forced_triton(monkeypatch):
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND", "triton")
+    a = spd(2, 20).float()
+    for op in ("cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
+               "inverse_cholesky_upper"):
+        assert erq_kernels.backend_for(op, a.device) == "triton"
+    L, info = erq_kernels.cholesky(a, 0.1)
+    Lr, _ = reference.cholesky(a.to(F64), 0.1)
+    assert rel(L, Lr) < 1e-6 and int(info.abs().sum()) == 0
+
+
+def test_torch_loop_backends_match_reference():
+    g = spd(3, 20).float()
+    b = torch.randn(3, 20, 6)
+    impl = _dispatch._IMPLS
+    for op, args in (("cholesky", (g, 0.2)), ("ridge_solve", (g, b, 0.2)),
+                     ("inverse_cholesky_upper", (g, 0.2))):
+        out, info = impl[op]["torch_loop"](*args)
+        ref, info_r = impl[op]["reference"](*args)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6) and torch.equal(info, info_r)
