@@ -29,6 +29,7 @@ MODELS = {"vit_tiny": 192, "deit_small": 384, "vit_base": 768, "vit_huge": 1280}
 TOKENS = (32 * 197, 512 * 197)
 STEPS = 100
 DEV = "cuda"  # the smoke test of this script sets "cpu"
+CHECK_D = 768
 TUNE_ROUNDING = ((579, 96), (579, 12), (2307, 384), (3843, 640), (3843, 40))
 TUNE_GRAM = ((6304, 192), (6304, 768), (100864, 768), (100864, 1280))
 T0 = time.time()
@@ -137,6 +138,10 @@ def tune_rounding(args):
         for bo in (1, 2, 4, 8, 16):
             res.append((bo, bench_ms(lambda: rounding.rounding_refine(er, ef, ec, c, STEPS,
                                                                      block_o=bo), 40)))
+        if s >= 256:
+            for nw in (2, 8, 16):
+                res.append((f"1/w{nw}", bench_ms(lambda: rounding.rounding_refine(
+                    er, ef, ec, c, STEPS, block_o=1, num_warps=nw), 40)))
         default = rounding.launch_config(o, 1, s, er.device)
         log(f"tune rounding O={o} |S|={s}: " + ", ".join(f"BLOCK_O={b}: {t:.3f} ms"
                                                          for b, t in res)
@@ -161,7 +166,12 @@ def quantizer(mode: str, x: torch.Tensor):
 
 
 def fp64_stats(x, scale, zero, qmax):
+    """fp64 products of the reference quantization with a correctly rounded x / s (a Python
+    float scale would make torch on CUDA multiply by 1/s instead)."""
     from erq_kernels import reference
+    if scale is not None and not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(scale, dtype=torch.float32, device=x.device)
+        zero = torch.tensor(zero, dtype=torch.float32, device=x.device)
     xq = x if scale is None else reference.fake_quant(x, scale, zero, qmax)
     one = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)
     a = torch.cat([xq.double(), one], 1)
@@ -177,7 +187,7 @@ def gram_check():
     """Quantization bit-exactness: one row per call, so the column sums are the quantized row."""
     from erq_kernels import gram, reference
     gen = torch.Generator(device=DEV).manual_seed(3)
-    d = 768
+    d = CHECK_D
     mism = {"0-d tensor scale": 0, "float scale": 0, "per-channel": 0}
     for trial in range(16):
         x = torch.randn(1, d, device=DEV, generator=gen)
@@ -242,22 +252,24 @@ def bench_gram(meta, records, args):
 def tune_gram(args):
     from erq_kernels import gram
     gen = torch.Generator(device=DEV).manual_seed(5)
-    configs = [("tf32x3", 64, 32, 4), ("tf32x3", 64, 32, 8), ("tf32x3", 64, 64, 4),
-               ("tf32x3", 64, 16, 4), ("tf32x3", 32, 32, 4), ("ieee", 64, 32, 4),
-               ("ieee", 64, 16, 8)]
+    configs = [("tf32x3", 64, 32, 4, None), ("tf32x3", 64, 32, 4, 2), ("tf32x3", 64, 32, 4, 4),
+               ("tf32x3", 64, 16, 4, 4), ("ieee", 64, 32, 4, None), ("ieee", 64, 32, 4, 2),
+               ("ieee", 64, 16, 8, None), ("ieee", 64, 16, 4, 4), ("ieee", 32, 32, 4, None)]
     for n_tok, d in TUNE_GRAM:
         x = torch.randn(n_tok, d, device=DEV, generator=gen)
         scale, zero, qmax = quantizer("tensor", x)
         bufs = [torch.zeros(d + 1, d + 1, device=DEV), torch.zeros(d + 1, d + 1, device=DEV),
                 torch.zeros(d + 1, device=DEV)]
         res = []
-        for prec, bt, bk, nw in configs:
+        for prec, bt, bk, nw, ns in configs:
+            name = f"{prec}/{bt}/{bk}/w{nw}/s{ns or '-'}"
             try:
                 ms = bench_ms(lambda: gram.gram_update(x, *bufs, scale, zero, qmax, precision=prec,
-                                                       bt=bt, bk=bk, num_warps=nw), 40)
-                res.append(f"{prec}/{bt}/{bk}/w{nw}: {ms:.3f}")
+                                                       bt=bt, bk=bk, num_warps=nw, num_stages=ns),
+                              40)
+                res.append(f"{name}: {ms:.3f}")
             except Exception as exc:  # report and go on: a config may not compile
-                res.append(f"{prec}/{bt}/{bk}/w{nw}: FAILED {type(exc).__name__}")
+                res.append(f"{name}: FAILED {type(exc).__name__}")
         cfg = gram.launch_config(n_tok, d, x.device)
         log(f"tune gram N={n_tok} D={d} (split {cfg['split']}): " + ", ".join(res))
         del x, bufs

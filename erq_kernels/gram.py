@@ -178,7 +178,8 @@ def launch_config(n: int, d: int, device: torch.device, bt: int | None = None,
 def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: torch.Tensor,
                 scale=None, zero=None, qmax: int | None = None, *,
                 precision: str = "tf32x3", bt: int | None = None, bk: int | None = None,
-                split: int | None = None, num_warps: int = 4) -> None:
+                split: int | None = None, num_warps: int = 4,
+                num_stages: int | None = None) -> None:
     """Accumulate ``A^T A``, ``A^T X~`` and ``sum A`` in place; see :func:`reference.gram_update`.
 
     Args:
@@ -187,7 +188,8 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         scale, zero, qmax: per-tensor (floats or one-element tensors) or per-channel (``(D,)``
             tensors) quantizer, or ``scale=None`` for ``A = X~``. ``zero`` may be fractional.
         precision: ``"tf32x3"`` or ``"ieee"`` products (never plain TF32).
-        bt, bk, split, num_warps: tuning (defaults from :func:`launch_config`).
+        bt, bk, split, num_warps, num_stages: tuning (defaults from :func:`launch_config`
+            and Triton).
     fp64 accumulators or non-contiguous ones go to the reference.
     """
     if precision not in ("tf32x3", "ieee"):
@@ -223,7 +225,7 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         x, s_t, z_t, pairs, out_aa, out_ax, colsum,
         n, d, x.stride(0), s_stride, float(qmax) if quant else 0.0, cfg["rows"], ws_stride,
         QUANT=quant, ACCUM=accum, BT=cfg["bt"], BK=cfg["bk"], PREC=precision,
-        num_warps=num_warps,
+        num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}),
     )
     if not accum:
         inc = ws.sum(0)  # fixed order over splits: deterministic
