@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.add_argument("--quantized", default=None, help="a file written by 'erq quantize --save'")
     e.set_defaults(func=cmd_eval)
-    b = sub.add_parser("bench", help="end-to-end timing (benchmarks/bench_e2e.py)")
+    b = sub.add_parser("bench", help="end-to-end GPU timing (benchmarks/bench_e2e.py)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
     return ap

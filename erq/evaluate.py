@@ -11,7 +11,8 @@ def evaluate(model, loader, device=None, progress: bool = True, desc: str = "eva
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     c1 = c5 = n = 0
-    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress)
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
     for images, labels in loader:
         logits = model(images.to(device, non_blocking=True))
         if isinstance(logits, (tuple, list)):  # distilled models in train mode

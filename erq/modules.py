@@ -71,7 +71,17 @@ class QuantMatMul(nn.Module):
         self.b_quant = b_quant
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.a_quant(a) @ self.b_quant(b)
+        qa, qb = self.a_quant, self.b_quant
+        if a.is_cuda and qa.enabled and qb.enabled and not (qa.calibrating or qb.calibrating):
+            return erq_kernels.fake_quant_matmul(a, b, _spec(qa), _spec(qb))
+        return qa(a) @ qb(b)
+
+
+def _spec(q):
+    """The quantizer as :func:`erq_kernels.fake_quant_matmul` takes it."""
+    if isinstance(q, LogSqrt2Quantizer):
+        return ("log2", q.scale, q.n_bits)
+    return ("uniform", q.scale, q.zero, q.qmax)
 
 
 def attention_matmuls(a_bits: int) -> tuple[QuantMatMul, QuantMatMul]:

@@ -7,7 +7,8 @@ Rules, in order:
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
    of that op (written by ``benchmarks/bench_linalg.py`` and friends from timings on a real
-   card), else ``triton``. A kernel that lost on a shape in the benchmark is not used there.
+   card). A kernel that lost on a shape in the benchmark is not used there, and a shape with
+   no measurement within a factor of 4 in every dimension runs the reference: no guessing.
 """
 from __future__ import annotations
 
@@ -38,16 +39,24 @@ def _table() -> dict:
     return _TABLE
 
 
+_MAX_LOG_DIST = math.log(4.0)
+
+
 def _nearest_winner(op: str, key: dict) -> str | None:
-    """Winner of the measured shape nearest to ``key`` (log distance over shared fields)."""
-    best, best_d = None, math.inf
+    """Winner of the measured shape nearest to ``key`` (log distance over shared fields);
+    ``"reference"`` when no measured shape is within a factor of 4 in every field."""
+    best, best_d, best_far = None, math.inf, True
     for rec in _table().get(op, []):
-        d = 0.0
+        d, far = 0.0, False
         for k, v in key.items():
             if k in rec and v is not None and rec[k]:
-                d += (math.log(max(v, 1)) - math.log(max(rec[k], 1))) ** 2
+                step = abs(math.log(max(v, 1)) - math.log(max(rec[k], 1)))
+                far |= step > _MAX_LOG_DIST
+                d += step ** 2
         if d < best_d:
-            best, best_d = rec["backend"], d
+            best, best_d, best_far = rec["backend"], d, far
+    if best is not None and best_far:
+        return "reference"
     return best
 
 
@@ -66,7 +75,7 @@ def choose(op: str, device, key: dict | None = None) -> str:
     winner = _nearest_winner(op, key or {})
     if winner is not None and (winner == "reference" or winner in impls):
         return winner
-    return "triton"
+    return "reference" if _table().get(op) else "triton"
 
 
 def implementation(op: str, device, key: dict | None = None) -> Callable:

@@ -1,0 +1,120 @@
+"""Accuracy of rtn / gptq / erq on the bundled ViT-Ti over many settings, on any device.
+
+Every run quantizes a fresh copy of the FP model and evaluates it on the same preloaded
+validation images; each result is appended to a JSON-lines file as soon as it exists (a
+crash loses nothing and a rerun skips what is there).
+
+    python benchmarks/accuracy_sweep.py --plan main --out benchmarks/results/accuracy.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from erq.cli import device_name, load_model, versions
+from erq.data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform, select_calibration
+from erq.evaluate import evaluate
+from erq.pipeline import QuantConfig, quantize
+
+BITS = {"W3A4": (3, 4), "W4A4": (4, 4), "W5A5": (5, 5), "W8A8": (8, 8)}
+AUTHORS = dict(lam=1000.0, lam_rel=None)
+
+
+def plan(name: str) -> list[dict]:
+    """The runs of a named plan, in the order they are made."""
+    runs = []
+    if name == "main":  # issue 2 + 3: every method, both modes, three seeds, three bit-widths
+        runs.append(dict(method="fp", bits="W4A4", seed=0))
+        runs.append(dict(method="rtn", bits="W8A8", seed=0))
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
+            runs += [dict(method="rtn", bits=bits, seed=seed),
+                     dict(method="gptq", bits=bits, seed=seed),
+                     dict(method="erq", bits=bits, seed=seed, calib_mode="independent", **AUTHORS),
+                     dict(method="erq", bits=bits, seed=seed, calib_mode="sequential", **AUTHORS)]
+    elif name == "lambda":  # absolute vs relative lambda, both modes
+        for seed, mode in itertools.product((0, 1), ("independent", "sequential")):
+            runs += [dict(method="erq", bits="W4A4", seed=seed, calib_mode=mode, lam=lam, lam_rel=None)
+                     for lam in (100.0, 10000.0)]
+            runs += [dict(method="erq", bits="W4A4", seed=seed, calib_mode=mode, lam=None, lam_rel=r)
+                     for r in (0.01, 0.1, 1.0)]
+    elif name == "default":  # the package defaults on every seed and bit-width
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
+            runs.append(dict(method="erq", bits=bits, seed=seed))
+    elif name == "ncalib":
+        for n, mode in itertools.product((128, 512), ("independent", "sequential")):
+            runs.append(dict(method="erq", bits="W4A4", seed=0, num_calib=n, calib_mode=mode))
+    else:
+        raise SystemExit(f"unknown plan {name!r}")
+    return runs
+
+
+def key(run: dict) -> str:
+    return json.dumps({k: run[k] for k in sorted(run)}, sort_keys=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plan", action="append", required=True)
+    ap.add_argument("--out", default="benchmarks/results/accuracy.jsonl")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--num-val", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--extra", default="{}", help="JSON of QuantConfig fields for every run")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    data = Path(args.data)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
+    fp_model = load_model("vit_tiny_patch16_224", None)
+    tf = model_transform(fp_model)
+    val_ds = ImageFolderDataset(data / "imagenet-val", tf, num_classes=fp_model.num_classes)
+    if args.num_val:
+        val_ds.items = val_ds.items[: args.num_val]
+    bs = 256 if device.type == "cuda" else 16
+    t = time.perf_counter()
+    val = [(x, y) for x, y in make_loader(val_ds, bs)]  # decoded once for every run
+    print(f"validation images decoded in {time.perf_counter() - t:.1f} s", flush=True)
+    calib_cache = {}
+    extra = json.loads(args.extra)
+    for run in itertools.chain.from_iterable(plan(p) for p in args.plan):
+        run = {**run, **extra}
+        k = key(run)
+        if k in done:
+            continue
+        w_bits, a_bits = BITS[run["bits"]]
+        n_calib = run.get("num_calib", 32)
+        t0 = time.perf_counter()
+        if run["method"] == "fp":
+            model, report = copy.deepcopy(fp_model).to(device), None
+        else:
+            ck = (run["seed"], n_calib)
+            if ck not in calib_cache:
+                files = select_calibration(data / "imagenet-calib", n_calib, run["seed"])
+                ds = ImageFolderDataset(data / "imagenet-calib", tf, files=files)
+                calib_cache[ck] = [x for x, _ in make_loader(ds, 32)]
+            fields = {k2: v for k2, v in run.items() if k2 not in ("bits", "seed", "num_calib")}
+            cfg = QuantConfig(w_bits=w_bits, a_bits=a_bits, progress=False, **fields)
+            model, report = quantize(copy.deepcopy(fp_model), calib_cache[ck], cfg, device)
+        tq = time.perf_counter() - t0
+        r = evaluate(model, val, device, progress=False)
+        rec = {"key": k, **run, "num_calib": n_calib, "w_bits": w_bits, "a_bits": a_bits,
+               "top1": r["top1"], "top5": r["top5"], "num_val": r["num"], "quantize_s": round(tq, 2),
+               "phases": {k2: round(v, 2) for k2, v in (report.phases if report else {}).items()},
+               "device": device_name(device), "versions": versions(),
+               "date": time.strftime("%Y-%m-%d")}
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{run} -> top1 {r['top1']:.1f} ({tq:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
