@@ -6,7 +6,7 @@ D=${DATA:-data_carry}
 OUT=${OUT:-/tmp/erq_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-for lam in ${LAMBDAS:-"--lambda 1000"}; do
+for lam in "--lambda 1000"; do
   tag=$(echo "$lam" | tr -d ' -')
   for b in reference auto; do
     ERQ_KERNELS_BACKEND=$b python3 -m erq.cli quantize --device cuda \
