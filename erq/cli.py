@@ -46,8 +46,16 @@ def load_model(name: str, checkpoint: str | None):
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise SystemExit(f"error: checkpoint not found: {checkpoint}")
-        return timm.create_model(name, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=str(checkpoint))).eval()
+        # load the state dict ourselves: timm versions differ in what pretrained_cfg_overlay
+        # file= accepts; the architecture's default pretrained_cfg still gives preprocessing
+        model = timm.create_model(name, pretrained=False)
+        if str(checkpoint).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(str(checkpoint))
+        else:
+            state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        return model.eval()
     return timm.create_model(name, pretrained=True).eval()
 
 

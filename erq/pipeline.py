@@ -158,6 +158,7 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
     batches = _Batches(calib_loader, config.batch_size, device)
     report.calib_images = len(batches)
     wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
+    model.to(device)  # the new quantizer buffers
     layers = dict(weighted_layers(model))
 
     with report.phase("activation_calibration", device), torch.no_grad():
