@@ -84,6 +84,28 @@ def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):
     return scale, zero
 
 
+def least_mse_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n_bits: int,
+                    dim: int | None):
+    """``(scale, zero)`` of the candidate range ``[lo[i], hi[i]]`` whose fake quantization of
+    ``x`` has the least mean squared error: per tensor (``dim=None``) or per slice along the
+    other dimension of a 2-D ``x`` (``dim`` = the dimension averaged over). The earliest
+    candidate wins ties."""
+    qmax = 2 ** n_bits - 1
+    best_err = best_s = best_z = None
+    for i in range(lo.shape[0]):
+        s, z = range_to_params(lo[i], hi[i], n_bits)
+        sb, zb = (s[:, None], z[:, None]) if dim == 1 else (s, z)
+        err = (fake_quant(x, sb, zb, qmax) - x).pow(2)
+        err = err.mean() if dim is None else err.mean(dim)
+        if best_err is None:
+            best_err, best_s, best_z = err, s, z
+        else:
+            take = err < best_err
+            best_err = torch.where(take, err, best_err)
+            best_s, best_z = torch.where(take, s, best_s), torch.where(take, z, best_z)
+    return best_s, best_z
+
+
 class UniformQuantizer(nn.Module):
     """Asymmetric uniform activation quantizer, per tensor or per channel (last dimension).
 
@@ -114,17 +136,7 @@ class UniformQuantizer(nn.Module):
             lo, hi = tail_quantiles(x, ACT_QUANTILES, dim=0)  # (P, C)
         else:
             lo, hi = tail_quantiles(x.reshape(-1), ACT_QUANTILES)  # (P,)
-        best_err, best = None, None
-        for i in range(len(ACT_QUANTILES)):
-            s, z = range_to_params(lo[i], hi[i], self.n_bits)
-            err = (fake_quant(x, s, z, self.qmax) - x).pow(2)
-            err = err.mean(0) if self.per_channel else err.mean()
-            if best is None:
-                best_err, best = err, (s, z)
-            else:  # strict improvement keeps the earliest quantile on ties
-                take = err < best_err
-                best = (torch.where(take, s, best[0]), torch.where(take, z, best[1]))
-                best_err = torch.where(take, err, best_err)
+        best = least_mse_range(x, lo, hi, self.n_bits, dim=0 if self.per_channel else None)
         self.scale = best[0].reshape(self.scale.shape).to(self.scale.device)
         self.zero = best[1].reshape(self.zero.shape).to(self.zero.device)
         self.calibrated.fill_(True)
@@ -254,21 +266,9 @@ class WeightQuantizer(nn.Module):
 def _row_search(w: torch.Tensor, n_bits: int):
     """Per-row MSE search over :data:`WEIGHT_PERCENTILES` for ``w`` ``(O, D)``."""
     ps = torch.tensor(WEIGHT_PERCENTILES, dtype=w.dtype, device=w.device)
-    qmax = 2 ** n_bits - 1
     hi = torch.quantile(w, ps, dim=1)  # (P, O)
     lo = torch.quantile(w, 1.0 - ps, dim=1)
-    best_err = best_s = best_z = None
-    for i in range(len(WEIGHT_PERCENTILES)):
-        s, z = range_to_params(lo[i], hi[i], n_bits)
-        err = (fake_quant(w, s[:, None], z[:, None], qmax) - w).pow(2).mean(1)
-        if best_err is None:
-            best_err, best_s, best_z = err, s, z
-        else:
-            take = err < best_err
-            best_err = torch.where(take, err, best_err)
-            best_s = torch.where(take, s, best_s)
-            best_z = torch.where(take, z, best_z)
-    return best_s, best_z
+    return least_mse_range(w, lo, hi, n_bits, dim=1)
 
 
 def dual_groups(w: torch.Tensor) -> torch.Tensor:
