@@ -45,7 +45,7 @@ def load_model(name: str, checkpoint: str | None):
             checkpoint = str(default)
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
-            raise SystemExit(f"error: checkpoint not found: {checkpoint}")
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         # load the state dict ourselves: timm versions differ in what pretrained_cfg_overlay
         # file= accepts; the architecture's default pretrained_cfg still gives preprocessing
         model = timm.create_model(name, pretrained=False)
@@ -54,7 +54,11 @@ def load_model(name: str, checkpoint: str | None):
             state = load_file(str(checkpoint))
         else:
             state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        try:
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {checkpoint} does not fit {name}: "
+                             + str(exc).splitlines()[1].strip()[:300]) from None
         return model.eval()
     return timm.create_model(name, pretrained=True).eval()
 
