@@ -32,7 +32,7 @@ class QuantConfig:
     a_bits: int = 4
     calib_mode: str = "independent"
     lam: float | None = None        # absolute ridge lambda (authors: 1000 = 0.1 * coe)
-    lam_rel: float | None = 0.01    # lambda relative to the mean diagonal of A^T A
+    lam_rel: float | None = 0.1     # lambda relative to the mean diagonal of A^T A (measured best)
     dual: bool = True               # dual uniform quantization of qkv / fc1 weights
     reparam: bool = True
     aqer: bool = True
