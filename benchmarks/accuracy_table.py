@@ -14,7 +14,7 @@ def label(r) -> str:
     if r["method"] in ("fp", "rtn", "gptq"):
         return {"fp": "FP32", "rtn": "rtn", "gptq": "gptq"}[r["method"]]
     lam = f"lambda {r['lam']:g}" if r.get("lam") is not None else \
-        (f"lambda-rel {r['lam_rel']:g}" if r.get("lam_rel") is not None else "default lambda")
+        (f"lambda-rel {r['lam_rel']:g}" if r.get("lam_rel") is not None else "lambda from the defaults")
     n = f", {r['num_calib']} img" if r.get("num_calib", 32) != 32 else ""
     return f"erq {r.get('calib_mode', 'independent')}, {lam}{n}"
 

@@ -84,8 +84,10 @@ def cmd_quantize(args) -> dict:
     from .pipeline import quantize
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.lam is not None:
-        args.lam_rel = None
+    if args.lam is not None and args.lam_rel is not None:
+        raise ValueError("give either --lambda or --lambda-rel, not both")
+    if args.lam is None and args.lam_rel is None:
+        args.lam = QuantConfig.lam
     config = QuantConfig(
         method=args.method, w_bits=args.w_bits, a_bits=args.a_bits, calib_mode=args.calib_mode,
         lam=args.lam, lam_rel=args.lam_rel, dual=not args.no_dual, reparam=not args.no_reparam,
@@ -189,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="calibration image choice")
     q.add_argument("--calib-mode", choices=CALIB_MODES, default=QuantConfig.calib_mode)
     q.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="absolute ridge lambda (the authors use 1000)")
-    q.add_argument("--lambda-rel", dest="lam_rel", type=float, default=QuantConfig.lam_rel,
-                   help="ridge lambda relative to the mean diagonal of A^T A (default %(default)s)")
+                   help=f"absolute ridge lambda (default {QuantConfig.lam:g}, the authors' value)")
+    q.add_argument("--lambda-rel", dest="lam_rel", type=float, default=None,
+                   help="instead: ridge lambda relative to the mean diagonal of A^T A")
     q.add_argument("--no-dual", action="store_true", help="no dual uniform quantization of qkv/fc1")
     q.add_argument("--no-reparam", action="store_true", help="no scale reparameterization")
     q.add_argument("--rounding-steps", type=int, default=100)

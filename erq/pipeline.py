@@ -31,8 +31,8 @@ class QuantConfig:
     w_bits: int = 4
     a_bits: int = 4
     calib_mode: str = "independent"
-    lam: float | None = None        # absolute ridge lambda (authors: 1000 = 0.1 * coe)
-    lam_rel: float | None = 0.1     # lambda relative to the mean diagonal of A^T A (measured best)
+    lam: float | None = 1000.0      # absolute ridge lambda (authors: 1000 = 0.1 * coe; measured best)
+    lam_rel: float | None = None    # or: lambda relative to the mean diagonal of A^T A
     dual: bool = True               # dual uniform quantization of qkv / fc1 weights
     reparam: bool = True
     aqer: bool = True
