@@ -249,16 +249,6 @@ class WeightQuantizer(nn.Module):
         s, z = self.maps()
         return fake_quant(w, s, z, self.qmax)
 
-    def errors(self, w: torch.Tensor, cols) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(E_round, E_floor, E_ceil)`` of ``w`` ``(..., O, |cols|)`` on the grid of ``cols``."""
-        s, z = self.maps(cols)
-        t = w / s
-        out = []
-        for fn in (torch.round, torch.floor, torch.ceil):
-            q = torch.clamp(fn(t) + z, 0, self.qmax)
-            out.append((q - z) * s - w)
-        return tuple(out)
-
     def extra_repr(self) -> str:
         return f"bits={self.n_bits}, dual={self.dual}"
 

@@ -31,13 +31,6 @@ class LayerStats:
         return cls(z(d + 1, d + 1), z(d + 1, d + 1), z(d + 1), 0,
                    torch.zeros((), dtype=torch.float64, device=device))
 
-    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``(n,)`` and unbiased covariance ``(n, n)`` of the rows of ``A``."""
-        n = self.tokens
-        mu = self.colsum / n
-        cov = (self.ata - n * torch.outer(mu, mu)) / max(n - 1, 1)
-        return mu, cov
-
 
 class _Stop(Exception):
     pass
