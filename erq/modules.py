@@ -49,7 +49,6 @@ def make_quant_linear(m: nn.Linear, w_bits: int, a_bits: int, *, per_channel_inp
     m.input_quant = (UniformQuantizer(a_bits, per_channel=per_channel_input,
                                       channels=m.in_features) if quant_input else None)
     m.weight_quant = WeightQuantizer(w_bits, m.out_features, m.in_features, dual=dual)
-    m.post_norm = per_channel_input
     return m
 
 
@@ -58,7 +57,6 @@ def make_quant_conv(m: nn.Conv2d, w_bits: int) -> QuantConv2d:
         raise ValueError("grouped convolutions are not supported")
     m.__class__ = QuantConv2d
     m.weight_quant = WeightQuantizer(w_bits, m.out_channels, m.weight[0].numel())
-    m.post_norm = False
     return m
 
 

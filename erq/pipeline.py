@@ -122,13 +122,12 @@ def _layer_groups(model: nn.Module, names: list[str]) -> list[tuple[str, list[st
 class _Batches:
     """Calibration images preloaded once (input images, not activations), re-iterable."""
 
-    def __init__(self, loader, batch_size: int, device):
+    def __init__(self, loader, batch_size: int):
         imgs = [b[0] if isinstance(b, (list, tuple)) else b for b in loader]
         if not imgs:
             raise ValueError("the calibration loader yielded no images")
         self.images = torch.cat(imgs)
         self.batch_size = batch_size
-        self.device = device
 
     def __len__(self):
         return self.images.shape[0]
@@ -155,7 +154,7 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
     report = Report(config=asdict(config))
     for name, p in model.named_parameters():
         _check_finite(name, p.detach(), "weights")
-    batches = _Batches(calib_loader, config.batch_size, device)
+    batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)
     wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
     model.to(device)  # the new quantizer buffers
