@@ -43,9 +43,11 @@ OPS = ("fake_quant_linear", "fake_quant_matmul")
 LINEAR = [("vit_b", name, 197 * 32, k, n) for name, k, n in
           (("qkv", 768, 2304), ("proj", 768, 768), ("fc1", 768, 3072), ("fc2", 3072, 768))] + \
          [("vit_h", name, 257 * 32, k, n) for name, k, n in
-          (("qkv", 1280, 3840), ("proj", 1280, 1280), ("fc1", 1280, 5120), ("fc2", 5120, 1280))]
+          (("qkv", 1280, 3840), ("proj", 1280, 1280), ("fc1", 1280, 5120), ("fc2", 5120, 1280))] + \
+         [("vit_b_eval", name, 197 * 256, k, n) for name, k, n in  # evaluation batches of 256
+          (("qkv", 768, 2304), ("proj", 768, 768), ("fc1", 768, 3072), ("fc2", 3072, 768))]
 # (model, batch, heads, tokens, head dim)
-ATTENTION = [("vit_b", 32, 12, 197, 64), ("vit_h", 32, 16, 257, 80)]
+ATTENTION = [("vit_b", 32, 12, 197, 64), ("vit_h", 32, 16, 257, 80), ("vit_b_eval", 256, 12, 197, 64)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NOISE = 1.03  # a backend must beat the default by more than this factor to be recorded
 DEV = "cuda"  # --dry-run: "cpu" with tiny shapes under TRITON_INTERPRET=1 (tests the script)
@@ -261,7 +263,10 @@ def write_dispatch(records: list[dict]) -> None:
         else:
             rec = {"batch": sh["b"] * sh["h"], "n": sh["n"], "nrhs": sh["m"], "k": sh["k"]}
         entries[op].append({**rec, "dtype": dtype, "backend": r["backend"]})
-    table.update(entries)
+    for op, new in entries.items():  # measured shapes replace their old records, others stay
+        same = lambda a, b: all(a.get(f) == b.get(f) for f in ("batch", "n", "k", "nrhs", "dtype"))  # noqa: E731
+        keep = [old for old in table.get(op, []) if not any(same(old, rec) for rec in new)]
+        table[op] = keep + new
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"updated {path}: " + ", ".join(f"{op} {len(v)} records" for op, v in entries.items()))
 
@@ -272,6 +277,8 @@ def main():
     ap.add_argument("--write-dispatch", action="store_true")
     ap.add_argument("--from-json", type=Path, help="only rewrite the dispatch table from this file")
     ap.add_argument("--quick", action="store_true", help="ViT-B shapes only")
+    ap.add_argument("--models", nargs="+", choices=("vit_b", "vit_h", "vit_b_eval"),
+                    help="shape sets to time (default: all; --quick: vit_b)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, tiny shapes, TRITON_INTERPRET=1: exercises the script only")
     args = ap.parse_args()
@@ -314,7 +321,7 @@ def main():
         out_file.write_text(json.dumps({"records": records, "correct": ok, **meta}, indent=1))
 
     gen = torch.Generator(device=DEV).manual_seed(0)
-    models = ("vit_b",) if args.quick else ("vit_b", "vit_h")
+    models = args.models or (("vit_b",) if args.quick else ("vit_b", "vit_h", "vit_b_eval"))
     for dname in ("bf16", "fp32"):
         for model, layer, m, k, n in LINEAR:
             if model in models:

@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 from .aqer import aqer
 from .gptq import gptq
 from .modules import QuantConv2d, QuantLinear, activation_quantizers, set_quant_state, weighted_layers
+from .quantizers import calibrate_weights
 from .reparam import reparameterize
 from .solve import damping, group_by_shape
-from .stats import collect_stats, output_error
+from .stats import OutputError, collect_stats
 from .wqer import wqer
 from .wrap import wrap_model
 
@@ -152,8 +153,10 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     report = Report(config=asdict(config))
-    for name, p in model.named_parameters():
-        _check_finite(name, p.detach(), "weights")
+    params = dict(model.named_parameters())
+    if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params.values()]).all()):
+        for name, p in params.items():  # one synchronization when all is well
+            _check_finite(name, p.detach(), "weights")
     batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)
     wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
@@ -222,22 +225,23 @@ def _reduce(model, layers, names, stats, config, report, device):
         st = [stats[n] for n in group]
         is_conv = isinstance(mods[0], QuantConv2d)
         theta0 = torch.stack([_theta(m) for m in mods])
-        for n, t in zip(group, theta0):
-            _check_finite(n, t, "weights")
+        if not bool(torch.isfinite(theta0).all()):
+            for n, t in zip(group, theta0):
+                _check_finite(n, t, "weights")
         ata = torch.stack([s.ata for s in st])
         lam = damping(ata, config.lam, config.lam_rel)
-        recs = [{"name": n, "shape": list(t.shape), "tokens": s.tokens,
-                 "err_input_quant": output_error(s, t.T, t.T)} for n, t, s in zip(group, theta0, st)]
+        out_err = OutputError(st, theta0)
+        recs = [{"name": n, "shape": list(t.shape), "tokens": s.tokens, "err_input_quant": e}
+                for n, t, s, e in zip(group, theta0, st, out_err(theta0))]
         theta = theta0
         if config.method == "erq" and config.aqer and not is_conv:
             with report.phase("aqer", device):
                 theta, lam_a = aqer(ata, torch.stack([s.atx for s in st]), theta, lam, group)
-            for r, t, t0, s, la in zip(recs, theta, theta0, st, lam_a.tolist()):
+            for r, la, e in zip(recs, lam_a.tolist(), out_err(theta)):
                 r["lambda_aqer"] = la
-                r["err_after_aqer"] = output_error(s, t.T, t0.T)
+                r["err_after_aqer"] = e
         with report.phase("weight_init", device):
-            for m, t in zip(mods, theta):
-                m.weight_quant.calibrate(t[:, :-1])
+            calibrate_weights([m.weight_quant for m in mods], theta[..., :-1])
         scale, zero = _stack_grid(mods)
         qmax = mods[0].weight_quant.qmax
         if config.method == "erq" and config.wqer:
@@ -254,8 +258,8 @@ def _reduce(model, layers, names, stats, config, report, device):
         else:  # erq without Wqer: round to nearest
             theta = torch.cat([(torch.clamp(torch.round(theta[..., :-1] / scale) + zero, 0, qmax)
                                 - zero) * scale, theta[..., -1:]], dim=-1)
-        for r, m, t, t0, s, la in zip(recs, mods, theta, theta0, st, lam.tolist()):
+        for r, m, t, la, e in zip(recs, mods, theta, lam.tolist(), out_err(theta)):
             _set_theta(m, t)
             r["lambda"] = la
-            r["err_final"] = output_error(s, t.T, t0.T)
+            r["err_final"] = e
         report.layers.extend(recs)

@@ -65,16 +65,18 @@ def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, tor
     top = torch.topk(x, k, dim=0, largest=True, sorted=True).values  # top[i] = sorted[n-1-i]
     bot = torch.topk(x, k, dim=0, largest=False, sorted=True).values  # bot[i] = sorted[i]
 
-    def interp(sorted_at, pos):
-        lo_i = int(pos)
-        frac = pos - lo_i
-        a = sorted_at(lo_i)
-        b = sorted_at(min(lo_i + 1, n - 1))
-        return a + frac * (b - a)
+    def interp(sorted_vals, positions, index_of):
+        """Linear interpolation at every position at once (one gather, not one per p)."""
+        first = [int(p) for p in positions]
+        ia = [index_of(i) for i in first]
+        ib = [index_of(min(i + 1, n - 1)) for i in first]
+        idx = torch.tensor(ia + ib, device=x.device)
+        ab = torch.index_select(sorted_vals, 0, idx)
+        a, b = ab[: len(ia)], ab[len(ia):]
+        frac = torch.tensor([p - i for p, i in zip(positions, first)], dtype=x.dtype, device=x.device)
+        return a + frac.view(-1, *([1] * (a.dim() - 1))) * (b - a)
 
-    his = [interp(lambda i: top[n - 1 - i], ph) for ph in pos_hi]
-    los = [interp(lambda i: bot[i], pl) for pl in pos_lo]
-    return torch.stack(los), torch.stack(his)
+    return interp(bot, pos_lo, lambda i: i), interp(top, pos_hi, lambda i: n - 1 - i)
 
 
 def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):
@@ -215,20 +217,9 @@ class WeightQuantizer(nn.Module):
     def qmax(self) -> int:
         return 2 ** self.n_bits - 1
 
-    @torch.no_grad()
     def calibrate(self, w: torch.Tensor) -> None:
         """Choose the column groups (if dual) and the per-row ranges for ``w`` ``(O, D)``."""
-        w = w.detach().float()
-        if self.dual:
-            self.group = dual_groups(w).to(self.group.device)
-        for g in range(self.scale.shape[0]):
-            cols = (self.group == g).nonzero().squeeze(1).to(w.device)
-            if cols.numel() == 0:
-                continue
-            s, z = _row_search(w[:, cols], self.n_bits)
-            self.scale[g] = s.to(self.scale.device)
-            self.zero[g] = z.to(self.zero.device)
-        self.calibrated.fill_(True)
+        calibrate_weights([self], w[None])
 
     def maps(self, cols: slice | torch.Tensor | None = None):
         """Per-element ``(scale, zero)`` of shape ``(O, |cols|)``."""
@@ -253,6 +244,44 @@ class WeightQuantizer(nn.Module):
         return f"bits={self.n_bits}, dual={self.dual}"
 
 
+@torch.no_grad()
+def calibrate_weights(quantizers: list["WeightQuantizer"], ws: torch.Tensor) -> None:
+    """:meth:`WeightQuantizer.calibrate` of every quantizer at once, for layers of one shape.
+
+    ``ws`` ``(B, O, D)``: the weights of the ``B`` layers. The percentile search runs on all
+    ``B * O`` rows together (per-layer calls cost one launch series each, which dominates on
+    the GPU); every row gets the parameters its own layer's call would give.
+    """
+    if len(quantizers) != ws.shape[0]:
+        raise ValueError(f"{len(quantizers)} quantizers for {ws.shape[0]} weights")
+    ws = ws.detach().float()
+    b, o, d = ws.shape
+    q0 = quantizers[0]
+    if any(q.n_bits != q0.n_bits or q.dual != q0.dual or q.scale.shape != (q0.scale.shape)
+           for q in quantizers) or q0.scale.shape[1] != o or q0.group.shape[0] != d:
+        raise ValueError("calibrate_weights needs quantizers of one configuration and shape")
+    if not q0.dual:
+        s, z = _row_search(ws.reshape(b * o, d), q0.n_bits)
+        for i, q in enumerate(quantizers):
+            q.scale[0] = s[i * o:(i + 1) * o].to(q.scale.device)
+            q.zero[0] = z[i * o:(i + 1) * o].to(q.zero.device)
+            q.calibrated.fill_(True)
+        return
+    groups = dual_groups(ws)  # (B, D); the same number of columns per group in every layer
+    for g in range(2):
+        cols = torch.stack([(gr == g).nonzero().squeeze(1) for gr in groups])  # (B, k_g)
+        if cols.shape[1] == 0:
+            continue
+        sub = torch.gather(ws, 2, cols[:, None, :].expand(b, o, cols.shape[1]))
+        s, z = _row_search(sub.reshape(b * o, -1), q0.n_bits)
+        for i, q in enumerate(quantizers):
+            q.scale[g] = s[i * o:(i + 1) * o].to(q.scale.device)
+            q.zero[g] = z[i * o:(i + 1) * o].to(q.zero.device)
+    for q, gr in zip(quantizers, groups):
+        q.group = gr.to(q.group.device)
+        q.calibrated.fill_(True)
+
+
 def _row_search(w: torch.Tensor, n_bits: int):
     """Per-row MSE search over :data:`WEIGHT_PERCENTILES` for ``w`` ``(O, D)``."""
     ps = torch.tensor(WEIGHT_PERCENTILES, dtype=w.dtype, device=w.device)
@@ -262,21 +291,22 @@ def _row_search(w: torch.Tensor, n_bits: int):
 
 
 def dual_groups(w: torch.Tensor) -> torch.Tensor:
-    """Column groups of dual uniform quantization for ``w`` ``(O, D)`` (0 = main, 1 = outliers).
+    """Column groups of dual uniform quantization for ``w`` ``(..., O, D)`` (0 = main,
+    1 = outliers), ``(..., D)`` long.
 
     Per row, entries above the 99th percentile of its positive values or below the 1st
     percentile of its negative values are marked; the ``O // 20`` columns with most marks
     (ties to the lower index) form group 1.
     """
-    o, d = w.shape
+    o, d = w.shape[-2:]
     nan = torch.tensor(float("nan"), dtype=w.dtype, device=w.device)
-    hi = torch.nanquantile(torch.where(w > 0, w, nan), 0.99, dim=1, keepdim=True)
-    lo = torch.nanquantile(torch.where(w < 0, w, nan), 0.01, dim=1, keepdim=True)
+    hi = torch.nanquantile(torch.where(w > 0, w, nan), 0.99, dim=-1, keepdim=True)
+    lo = torch.nanquantile(torch.where(w < 0, w, nan), 0.01, dim=-1, keepdim=True)
     marks = ((w > hi) & ~hi.isnan()) | ((w < lo) & ~lo.isnan())
-    counts = marks.sum(0)
+    counts = marks.sum(-2)
     k = min(o // 20, d - 1)
-    group = torch.zeros(d, dtype=torch.long, device=w.device)
+    group = torch.zeros(counts.shape, dtype=torch.long, device=w.device)
     if k > 0:
-        order = torch.argsort(-counts, stable=True)
-        group[order[:k]] = 1
+        order = torch.argsort(-counts, dim=-1, stable=True)
+        group.scatter_(-1, order[..., :k], 1)
     return group

@@ -93,14 +93,25 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     return stats
 
 
-def output_error(st: LayerStats, theta: torch.Tensor, target: torch.Tensor) -> float:
-    """``||A theta - X~ target||^2 / ||X~ target||^2`` from the statistics alone.
+class OutputError:
+    """``||A theta - X~ target||^2 / ||X~ target||^2`` of each layer of a batch, from its
+    statistics alone (the per-layer report).
 
-    ``theta`` and ``target`` are ``(n, O)`` (``[W, b]^T``); ``target`` must be the weights the
-    statistics were gathered with, so that ``sum ||Y||^2`` is its output energy.
+    ``target`` ``(B, O, n)`` (``[W, b]``) must be the weights the statistics were gathered
+    with, so that ``sum ||Y||^2`` is its output energy. fp64, since the three terms nearly
+    cancel; one layer at a time (an fp64 copy of every Gram matrix of a batch of ViT-H layers
+    would take gigabytes) and one host synchronization per call.
     """
-    t = theta.double()
-    quad = (t * (st.ata.double() @ t)).sum()
-    cross = (t * (st.atx.double() @ target.double())).sum()
-    yy = st.yy.double()
-    return float((quad - 2 * cross + yy).clamp_min(0) / yy.clamp_min(1e-30))
+
+    def __init__(self, stats: list[LayerStats], target: torch.Tensor):
+        self.stats, self.target = stats, target
+
+    def __call__(self, theta: torch.Tensor) -> list[float]:
+        errs = []
+        for st, th, tg in zip(self.stats, theta, self.target):
+            t = th.double().T
+            quad = (t * (st.ata.double() @ t)).sum()
+            cross = (t * (st.atx.double() @ tg.double().T)).sum()
+            yy = st.yy.double()
+            errs.append((quad - 2 * cross + yy).clamp_min(0) / yy.clamp_min(1e-30))
+        return torch.stack(errs).tolist()

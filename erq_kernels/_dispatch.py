@@ -2,8 +2,10 @@
 
 Rules, in order:
 
-1. ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` forces a backend for
-   every op that has it (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``).
+1. ``ERQ_KERNELS_BACKEND_<OP>`` (e.g. ``ERQ_KERNELS_BACKEND_GRAM_UPDATE``), then
+   ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` | ``auto`` forces a
+   backend for that op / every op that has it (``triton`` on CPU tensors needs
+   ``TRITON_INTERPRET=1``; ``auto`` means the rules below).
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
    of that op (written by ``benchmarks/bench_linalg.py`` and friends from timings on a real
@@ -63,7 +65,8 @@ def _nearest_winner(op: str, key: dict) -> str | None:
 def choose(op: str, device, key: dict | None = None) -> str:
     """Name of the backend that runs ``op`` on ``device`` for a problem described by ``key``."""
     impls = _IMPLS.get(op, {})
-    forced = os.environ.get(ENV, "").strip().lower()
+    forced = os.environ.get(f"{ENV}_{op.upper()}", "").strip().lower()
+    forced = forced or os.environ.get(ENV, "").strip().lower()
     if forced and forced != "auto":
         if forced == "reference" or forced in impls:
             return forced

@@ -9,7 +9,7 @@ from erq.aqer import aqer
 from erq.gptq import gptq
 from erq.pipeline import QuantConfig, quantize
 from erq.quantizers import WeightQuantizer
-from erq.stats import LayerStats, collect_stats, output_error
+from erq.stats import LayerStats, OutputError, collect_stats
 from erq.wqer import grid_errors, proxy_matrix, wqer
 from erq_kernels.reference import fake_quant, rounding_refine
 
@@ -98,8 +98,13 @@ def test_wqer_reduces_output_error_below_round_to_nearest():
     lam = torch.tensor([0.01 * float(st.ata.diagonal().mean())])
     q = wqer(theta[None], st.ata[None], st.colsum[None], st.tokens, scale[None], zero[None], 7, lam, ["l"])[0]
     rtn = torch.cat([wq.quantize(w), b[:, None]], 1)
-    e_q, e_rtn = output_error(st, q.T, theta.T), output_error(st, rtn.T, theta.T)
+    e_q, e_rtn = OutputError([st, st], torch.stack([theta, theta]))(torch.stack([q, rtn]))
     assert e_q < 0.7 * e_rtn, (e_q, e_rtn)
+    # the error from the statistics equals the one computed from the activations
+    xt = torch.cat([x, torch.ones(x.shape[0], 1)], 1).double()
+    y = xt @ theta.double().T
+    direct = float((xt @ q.double().T - y).pow(2).sum() / y.pow(2).sum())
+    assert abs(e_q - direct) < 1e-6 * direct
 
 
 def test_rounding_refinement_never_increases_the_proxy():

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from erq.quantizers import (LogSqrt2Quantizer, UniformQuantizer, WeightQuantizer, dual_groups,
-                            log2_fake_quant, tail_quantiles, uniform_fake_quant)
+from erq.quantizers import (WEIGHT_PERCENTILES, LogSqrt2Quantizer, UniformQuantizer,
+                            WeightQuantizer, calibrate_weights, dual_groups, log2_fake_quant,
+                            tail_quantiles, uniform_fake_quant)
 from erq_kernels.reference import fake_quant, fake_quant_log2
 
 
@@ -116,6 +117,45 @@ def test_dual_uniform_groups():
     single = WeightQuantizer(4, o, d)
     single.calibrate(w)
     assert err_dual < ((single.quantize(w) - w) ** 2).mean()
+
+
+def _row_by_row(w, bits):
+    """The per-row percentile search written out one row at a time."""
+    qmax = 2 ** bits - 1
+    out = []
+    for row in w:
+        best = None
+        for p in WEIGHT_PERCENTILES:
+            lo, hi = torch.quantile(row, 1 - p), torch.quantile(row, p)
+            s = ((hi - lo) / qmax).clamp_min(1e-8)
+            z = torch.round(-lo / s)
+            err = ((fake_quant(row, s, z, qmax) - row) ** 2).mean()
+            if best is None or err < best[0]:
+                best = (err, s, z)
+        out.append(best[1:])
+    return torch.stack([s for s, _ in out]), torch.stack([z for _, z in out])
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_batched_weight_calibration_equals_one_layer_at_a_time(dual):
+    torch.manual_seed(3)
+    ws = torch.randn(3, 40, 24)
+    ws[:, :, [2, 11]] *= 20
+    one = [WeightQuantizer(4, 40, 24, dual=dual) for _ in range(3)]
+    for q, w in zip(one, ws):
+        q.calibrate(w)
+    many = [WeightQuantizer(4, 40, 24, dual=dual) for _ in range(3)]
+    calibrate_weights(many, ws)
+    for a, b, w in zip(one, many, ws):
+        assert torch.equal(a.scale, b.scale) and torch.equal(a.zero, b.zero)
+        assert torch.equal(a.group, b.group) and bool(b.calibrated)
+        for g in range(a.scale.shape[0]):
+            cols = a.group == g
+            s, z = _row_by_row(w[:, cols], 4)
+            torch.testing.assert_close(a.scale[g], s, rtol=1e-6, atol=0)
+            torch.testing.assert_close(a.zero[g], z, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one configuration"):
+        calibrate_weights([WeightQuantizer(4, 40, 24), WeightQuantizer(3, 40, 24)], ws[:2])
 
 
 def test_bit_width_is_checked():
