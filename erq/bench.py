@@ -97,7 +97,8 @@ def main(argv=None):
 
 
 def table(records) -> str:
-    phases = ["activation_calibration", "statistics", "aqer", "weight_init", "wqer", "eval_batch"]
+    phases = ["wrap", "activation_calibration", "statistics", "aqer", "weight_init", "wqer",
+              "report_errors", "eval_batch"]
     lines = ["| model | images | backend | " + " | ".join(phases) + " | total s | peak GB | speed-up |",
              "|" + "---|" * (len(phases) + 6)]
     ref = {(r["model"], r["calib_images"]): r["total_s"] for r in records if r["backend"] == "reference"}

@@ -159,8 +159,9 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
             _check_finite(name, p.detach(), "weights")
     batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)
-    wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
-    model.to(device)  # the new quantizer buffers
+    with report.phase("wrap", device):
+        wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
+        model.to(device)  # the new quantizer buffers
     layers = dict(weighted_layers(model))
 
     with report.phase("activation_calibration", device), torch.no_grad():
@@ -231,13 +232,17 @@ def _reduce(model, layers, names, stats, config, report, device):
         ata = torch.stack([s.ata for s in st])
         lam = damping(ata, config.lam, config.lam_rel)
         out_err = OutputError(st, theta0)
+        with report.phase("report_errors", device):
+            errs = out_err(theta0)
         recs = [{"name": n, "shape": list(t.shape), "tokens": s.tokens, "err_input_quant": e}
-                for n, t, s, e in zip(group, theta0, st, out_err(theta0))]
+                for n, t, s, e in zip(group, theta0, st, errs)]
         theta = theta0
         if config.method == "erq" and config.aqer and not is_conv:
             with report.phase("aqer", device):
                 theta, lam_a = aqer(ata, torch.stack([s.atx for s in st]), theta, lam, group)
-            for r, la, e in zip(recs, lam_a.tolist(), out_err(theta)):
+            with report.phase("report_errors", device):
+                errs = out_err(theta)
+            for r, la, e in zip(recs, lam_a.tolist(), errs):
                 r["lambda_aqer"] = la
                 r["err_after_aqer"] = e
         with report.phase("weight_init", device):
@@ -258,7 +263,9 @@ def _reduce(model, layers, names, stats, config, report, device):
         else:  # erq without Wqer: round to nearest
             theta = torch.cat([(torch.clamp(torch.round(theta[..., :-1] / scale) + zero, 0, qmax)
                                 - zero) * scale, theta[..., -1:]], dim=-1)
-        for r, m, t, la, e in zip(recs, mods, theta, lam.tolist(), out_err(theta)):
+        with report.phase("report_errors", device):
+            errs = out_err(theta)
+        for r, m, t, la, e in zip(recs, mods, theta, lam.tolist(), errs):
             _set_theta(m, t)
             r["lambda"] = la
             r["err_final"] = e

@@ -24,6 +24,7 @@ ENV = "ERQ_KERNELS_BACKEND"
 _TABLE_PATH = Path(__file__).with_name("dispatch_table.json")
 _IMPLS: dict[str, dict[str, Callable]] = {}
 _TABLE: dict | None = None
+_WINNERS: dict[tuple, str | None] = {}
 
 
 def register(op: str, backend: str, fn: Callable) -> None:
@@ -75,7 +76,10 @@ def choose(op: str, device, key: dict | None = None) -> str:
         return "reference"  # op has no such backend: the reference defines it
     if getattr(device, "type", str(device)) != "cuda" or "triton" not in impls:
         return "reference"
-    winner = _nearest_winner(op, key or {})
+    ck = (op, tuple(sorted((key or {}).items())))
+    if ck not in _WINNERS:  # the table is fixed once loaded: decide each shape once
+        _WINNERS[ck] = _nearest_winner(op, key or {})
+    winner = _WINNERS[ck]
     if winner is not None and (winner == "reference" or winner in impls):
         return winner
     return "reference" if _table().get(op) else "triton"
