@@ -98,9 +98,10 @@ def bench_rounding(meta, records, args):
     gen = torch.Generator(device=DEV).manual_seed(1)
     print(f"\n{'layer':11s} {'O':>5s} {'|S|':>5s} {'triton ms':>10s} {'eager ms':>10s} "
           f"{'speed-up':>9s} {'GB/s':>7s} {'rows diff':>9s}", flush=True)
-    for model, d in MODELS.items():
-        n = d + 1
-        o = 3 * n
+    layers = [(model, d + 1, 3 * (d + 1)) for model, d in MODELS.items()]
+    if args.fc2:  # the MLP's second layer: n = 4d + 1 columns, O = d rows
+        layers = [(f"{model} fc2", 4 * d + 1, d) for model, d in MODELS.items()]
+    for model, n, o in layers:
         tot_k = tot_r = 0.0
         for s in halvings(n):
             er, ef, ec, c = make_rounding(o, s, gen)
@@ -293,8 +294,10 @@ def write_dispatch(rounding_recs, gram_recs):
                 "batch": r["batch"], "n": r["n"], "nrhs": None,
                 "backend": "triton" if r["ms"] < r["eager_ms"] else "reference",
                 "ms": {"triton": round(r["ms"], 4), "reference": round(r["eager_ms"], 4)}}
-        if entries:
-            table[op] = [entries[k] for k in sorted(entries)]
+        if entries:  # measured shapes replace their old records; others stay
+            old = {(r["batch"], r["n"]): r for r in table.get(op, [])}
+            old.update(entries)
+            table[op] = [old[k] for k in sorted(old)]
     path.write_text(json.dumps(table, indent=1) + "\n")
     log(f"wrote {path}")
 
@@ -307,6 +310,8 @@ def main():
                     help="directory with rounding.json and gram.json: only rewrite the table")
     ap.add_argument("--tune", action="store_true", help="print block-size sweeps first")
     ap.add_argument("--only", choices=("rounding", "gram"), default=None)
+    ap.add_argument("--fc2", action="store_true",
+                    help="rounding at the fc2 shapes (n = 4d + 1, O = d) instead of O = 3n")
     ap.add_argument("--rep", type=float, default=60.0, help="do_bench rep (ms) per shape")
     args = ap.parse_args()
     if args.from_json:

@@ -23,6 +23,9 @@ def main(argv=None):
     ap.add_argument("--calib", default=str(Path(DEFAULT_DATA) / "imagenet-calib"))
     ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--syncs", action="store_true",
+                    help="instead: list the lines that synchronize with the GPU, with counts "
+                         "(torch.cuda.set_sync_debug_mode)")
     args = ap.parse_args(argv)
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -30,6 +33,31 @@ def main(argv=None):
     images = _images(args.calib, fp, args.num_calib)
     cfg = QuantConfig(method="erq", progress=False)
     quantize(copy.deepcopy(fp), [images], cfg, device)  # warm-up: compilation, autotuning
+    if args.syncs:
+        import collections
+        import traceback
+        import warnings
+        counts = collections.Counter()
+        show = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            frames = [f for f in traceback.extract_stack()[:-1]
+                      if "/erq" in f.filename and "profile_e2e" not in f.filename]
+            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[::-1][:3])
+            counts[where or f"{filename}:{lineno}"] += 1
+
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            quantize(copy.deepcopy(fp), [images], cfg, device)
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = show
+        for where, c in counts.most_common(60):
+            print(f"{c:6d}  {where}")
+        print("total synchronizations:", sum(counts.values()))
+        return
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         _, report = quantize(copy.deepcopy(fp), [images], cfg, device)

@@ -159,9 +159,9 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
             _check_finite(name, p.detach(), "weights")
     batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)
-    with report.phase("wrap", device):
+    with report.phase("wrap", device), torch.device(device):  # quantizer buffers made in place
         wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
-        model.to(device)  # the new quantizer buffers
+        model.to(device)
     layers = dict(weighted_layers(model))
 
     with report.phase("activation_calibration", device), torch.no_grad():
@@ -231,9 +231,9 @@ def _reduce(model, layers, names, stats, config, report, device):
                 _check_finite(n, t, "weights")
         ata = torch.stack([s.ata for s in st])
         lam = damping(ata, config.lam, config.lam_rel)
-        out_err = OutputError(st, theta0)
         with report.phase("report_errors", device):
-            errs = out_err(theta0)
+            out_err = OutputError(st, theta0)
+            errs = out_err.initial()
         recs = [{"name": n, "shape": list(t.shape), "tokens": s.tokens, "err_input_quant": e}
                 for n, t, s, e in zip(group, theta0, st, errs)]
         theta = theta0

@@ -37,7 +37,7 @@ def log2_fake_quant(x: torch.Tensor, scale: torch.Tensor, n_bits: int):
     n_levels = 2 ** n_bits
     k = torch.arange(n_levels + 1, dtype=x.dtype, device=x.device)
     table = fake_quant_log2(scale * torch.exp2(-k / 2), scale, n_bits)  # value of each level
-    table[n_levels] = 0
+    table[n_levels:].zero_()  # (an item assignment would copy from the host and synchronize)
     lvl = torch.div(x, scale).log2_().mul_(-2.0).round_().clamp_(0, n_levels)
     return torch.index_select(table, 0, lvl.to(torch.int32).flatten()).view_as(x)
 
@@ -65,18 +65,18 @@ def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, tor
     top = torch.topk(x, k, dim=0, largest=True, sorted=True).values  # top[i] = sorted[n-1-i]
     bot = torch.topk(x, k, dim=0, largest=False, sorted=True).values  # bot[i] = sorted[i]
 
-    def interp(sorted_vals, positions, index_of):
-        """Linear interpolation at every position at once (one gather, not one per p)."""
-        first = [int(p) for p in positions]
-        ia = [index_of(i) for i in first]
-        ib = [index_of(min(i + 1, n - 1)) for i in first]
-        idx = torch.tensor(ia + ib, device=x.device)
-        ab = torch.index_select(sorted_vals, 0, idx)
-        a, b = ab[: len(ia)], ab[len(ia):]
-        frac = torch.tensor([p - i for p, i in zip(positions, first)], dtype=x.dtype, device=x.device)
-        return a + frac.view(-1, *([1] * (a.dim() - 1))) * (b - a)
+    # Python-int indices and scalar weights: index tensors built from host lists would cost a
+    # host synchronization each (a pageable host-to-device copy waits for the stream).
+    def interp(sorted_at, pos):
+        lo_i = int(pos)
+        frac = pos - lo_i
+        a = sorted_at(lo_i)
+        b = sorted_at(min(lo_i + 1, n - 1))
+        return a + frac * (b - a)
 
-    return interp(bot, pos_lo, lambda i: i), interp(top, pos_hi, lambda i: n - 1 - i)
+    his = [interp(lambda i: top[n - 1 - i], ph) for ph in pos_hi]
+    los = [interp(lambda i: bot[i], pl) for pl in pos_lo]
+    return torch.stack(los), torch.stack(his)
 
 
 def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):
@@ -86,26 +86,34 @@ def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):
     return scale, zero
 
 
+_CANDIDATE_ELEMENTS = 1 << 26  # elements of one broadcast pass over several candidates
+
+
 def least_mse_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n_bits: int,
                     dim: int | None):
     """``(scale, zero)`` of the candidate range ``[lo[i], hi[i]]`` whose fake quantization of
     ``x`` has the least mean squared error: per tensor (``dim=None``) or per slice along the
     other dimension of a 2-D ``x`` (``dim`` = the dimension averaged over). The earliest
-    candidate wins ties."""
+    candidate wins ties.
+
+    Several candidates are quantized in one broadcast pass (as many as fit in
+    ``_CANDIDATE_ELEMENTS``): a few launches instead of a few per candidate, which is what the
+    calibration of a ViT costs on a GPU. Every candidate's error is still its own reduction,
+    so the values (and choices) are those of one candidate at a time.
+    """
     qmax = 2 ** n_bits - 1
-    best_err = best_s = best_z = None
-    for i in range(lo.shape[0]):
-        s, z = range_to_params(lo[i], hi[i], n_bits)
-        sb, zb = (s[:, None], z[:, None]) if dim == 1 else (s, z)
-        err = (uniform_fake_quant(x, sb, zb, qmax) - x).pow(2)  # z is an integer: exact
-        err = err.mean() if dim is None else err.mean(dim)
-        if best_err is None:
-            best_err, best_s, best_z = err, s, z
-        else:
-            take = err < best_err
-            best_err = torch.where(take, err, best_err)
-            best_s, best_z = torch.where(take, s, best_s), torch.where(take, z, best_z)
-    return best_s, best_z
+    scale, zero = range_to_params(lo, hi, n_bits)  # (P, ...)
+    # candidate parameters broadcast against x with a leading candidate dimension
+    shape = ((-1,) + (1,) * x.dim() if dim is None else
+             (-1, 1, x.shape[1]) if dim == 0 else (-1, x.shape[0], 1))
+    step = max(1, _CANDIDATE_ELEMENTS // max(x.numel(), 1))
+    errs = []
+    for i in range(0, scale.shape[0], step):
+        sq = (fake_quant(x, scale[i:i + step].reshape(shape), zero[i:i + step].reshape(shape), qmax)
+              - x).pow_(2)
+        errs += [e.mean() if dim is None else e.mean(dim) for e in sq]
+    best = torch.argmin(torch.stack(errs), dim=0, keepdim=True)  # first of equal errors
+    return scale.gather(0, best).squeeze(0), zero.gather(0, best).squeeze(0)
 
 
 class UniformQuantizer(nn.Module):
@@ -122,7 +130,7 @@ class UniformQuantizer(nn.Module):
         shape = (channels,) if per_channel else ()
         self.register_buffer("scale", torch.ones(shape))
         self.register_buffer("zero", torch.zeros(shape))
-        self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.enabled = False
         self.calibrating = False
 
@@ -171,7 +179,7 @@ class LogSqrt2Quantizer(nn.Module):
         super().__init__()
         self.n_bits = check_bits(n_bits, "activation")
         self.register_buffer("scale", torch.ones(()))
-        self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.enabled = False
         self.calibrating = False
 
@@ -183,7 +191,8 @@ class LogSqrt2Quantizer(nn.Module):
         # the first of equal errors, without a host synchronization
         errs = torch.stack([(log2_fake_quant(x, s.clamp_min(_EPS), self.n_bits) - x).pow(2).mean()
                             for s in hi])
-        self.scale = hi[torch.argmin(errs)].clamp_min(_EPS).reshape(()).to(self.scale.device)
+        best = torch.index_select(hi, 0, torch.argmin(errs).view(1))
+        self.scale = best.clamp_min(_EPS).reshape(()).to(self.scale.device)
         self.calibrated.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +222,7 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(groups, out_features))
         self.register_buffer("zero", torch.zeros(groups, out_features))
         self.register_buffer("group", torch.zeros(in_features, dtype=torch.long))
-        self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
 
     @property
     def qmax(self) -> int:
@@ -270,8 +279,10 @@ def calibrate_weights(quantizers: list["WeightQuantizer"], ws: torch.Tensor) -> 
             q.calibrated.fill_(True)
         return
     groups = dual_groups(ws)  # (B, D); the same number of columns per group in every layer
-    for g in range(2):
-        cols = torch.stack([(gr == g).nonzero().squeeze(1) for gr in groups])  # (B, k_g)
+    # a stable sort lists each group's columns in index order, group 0 first: no host sync
+    order = torch.argsort(groups, dim=-1, stable=True)
+    k1 = dual_group_size(o, d)
+    for g, cols in enumerate((order[:, : d - k1], order[:, d - k1:])):
         if cols.shape[1] == 0:
             continue
         sub = torch.gather(ws, 2, cols[:, None, :].expand(b, o, cols.shape[1]))
@@ -292,6 +303,11 @@ def _row_search(w: torch.Tensor, n_bits: int):
     return least_mse_range(w, lo, hi, n_bits, dim=1)
 
 
+def dual_group_size(o: int, d: int) -> int:
+    """Columns in the second (outlier) group of an ``(o, d)`` weight."""
+    return max(0, min(o // 20, d - 1))
+
+
 def dual_groups(w: torch.Tensor) -> torch.Tensor:
     """Column groups of dual uniform quantization for ``w`` ``(..., O, D)`` (0 = main,
     1 = outliers), ``(..., D)`` long.
@@ -306,7 +322,7 @@ def dual_groups(w: torch.Tensor) -> torch.Tensor:
     lo = torch.nanquantile(torch.where(w < 0, w, nan), 0.01, dim=-1, keepdim=True)
     marks = ((w > hi) & ~hi.isnan()) | ((w < lo) & ~lo.isnan())
     counts = marks.sum(-2)
-    k = min(o // 20, d - 1)
+    k = dual_group_size(o, d)
     group = torch.zeros(counts.shape, dtype=torch.long, device=w.device)
     if k > 0:
         order = torch.argsort(-counts, dim=-1, stable=True)

@@ -85,6 +85,9 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     finally:
         for h in handles:
             h.remove()
+    finite = [torch.isfinite(st.ata).all() & torch.isfinite(st.atx).all() for st in stats.values()]
+    if finite and bool(torch.stack(finite).all()):  # one synchronization when all is well
+        return stats
     for name, st in stats.items():
         if not bool(torch.isfinite(st.ata).all() & torch.isfinite(st.atx).all()):
             raise FloatingPointError(
@@ -98,20 +101,30 @@ class OutputError:
     statistics alone (the per-layer report).
 
     ``target`` ``(B, O, n)`` (``[W, b]``) must be the weights the statistics were gathered
-    with, so that ``sum ||Y||^2`` is its output energy. fp64, since the three terms nearly
-    cancel; one layer at a time (an fp64 copy of every Gram matrix of a batch of ViT-H layers
-    would take gigabytes) and one host synchronization per call.
+    with, so that ``sum ||Y||^2`` is its output energy. With ``d = theta - target``, ``H = A^T A``
+    and ``G = A^T X~`` the error energy is ``d^T H d + 2 d^T (H - G) target + e0``: the
+    ``target`` terms are formed once per layer (fp64, they nearly cancel), each call costs one
+    fp64 product per layer and one host synchronization for the batch.
     """
 
     def __init__(self, stats: list[LayerStats], target: torch.Tensor):
         self.stats, self.target = stats, target
+        self.v, self.e0 = [], []
+        for st, tg in zip(stats, target):
+            t = tg.double().T
+            h_t, g_t = st.ata.double() @ t, st.atx.double() @ t
+            self.e0.append((t * h_t).sum() - 2 * (t * g_t).sum() + st.yy.double())
+            self.v.append((h_t - g_t).float())  # small (the input-quantization residual): fp32
+
+    def initial(self) -> list[float]:
+        """The error of ``target`` itself (input quantization only)."""
+        return torch.stack([e0.clamp_min(0) / st.yy.double().clamp_min(1e-30)
+                            for st, e0 in zip(self.stats, self.e0)]).tolist()
 
     def __call__(self, theta: torch.Tensor) -> list[float]:
         errs = []
-        for st, th, tg in zip(self.stats, theta, self.target):
-            t = th.double().T
-            quad = (t * (st.ata.double() @ t)).sum()
-            cross = (t * (st.atx.double() @ tg.double().T)).sum()
-            yy = st.yy.double()
-            errs.append((quad - 2 * cross + yy).clamp_min(0) / yy.clamp_min(1e-30))
+        for st, th, tg, v, e0 in zip(self.stats, theta, self.target, self.v, self.e0):
+            d = (th.double() - tg.double()).T
+            energy = (d * (st.ata.double() @ d)).sum() + 2 * (d * v.double()).sum() + e0
+            errs.append(energy.clamp_min(0) / st.yy.double().clamp_min(1e-30))
         return torch.stack(errs).tolist()
