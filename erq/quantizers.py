@@ -59,24 +59,41 @@ def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, tor
     """
     x = x.movedim(dim, 0)
     n = x.shape[0]
-    pos_hi = [p * (n - 1) for p in ps]
-    pos_lo = [(1.0 - p) * (n - 1) for p in ps]
-    k = min(n, max(int(n - 1 - int(ph)) + 1 for ph in pos_hi) + 1)
+    k, idx, frac = _interp_tables(n, tuple(ps), x.dtype, x.device)
     top = torch.topk(x, k, dim=0, largest=True, sorted=True).values  # top[i] = sorted[n-1-i]
     bot = torch.topk(x, k, dim=0, largest=False, sorted=True).values  # bot[i] = sorted[i]
+    a = torch.index_select(torch.cat([bot, top]), 0, idx)  # (4P, ...): lo a, lo b, hi a, hi b
+    p = len(ps)
+    frac = frac.view(-1, *([1] * (a.dim() - 1)))
+    lo = a[:p] + frac[:p] * (a[p:2 * p] - a[:p])
+    hi = a[2 * p:3 * p] + frac[p:] * (a[3 * p:] - a[2 * p:3 * p])
+    return lo, hi
 
-    # Python-int indices and scalar weights: index tensors built from host lists would cost a
-    # host synchronization each (a pageable host-to-device copy waits for the stream).
-    def interp(sorted_at, pos):
-        lo_i = int(pos)
-        frac = pos - lo_i
-        a = sorted_at(lo_i)
-        b = sorted_at(min(lo_i + 1, n - 1))
-        return a + frac * (b - a)
 
-    his = [interp(lambda i: top[n - 1 - i], ph) for ph in pos_hi]
-    los = [interp(lambda i: bot[i], pl) for pl in pos_lo]
-    return torch.stack(los), torch.stack(his)
+_INTERP: dict[tuple, tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+
+def _interp_tables(n: int, ps: tuple, dtype, device):
+    """``k`` (values kept from each tail), gather indices into ``cat([bot, top])`` and weights
+    of the linear interpolation for the quantiles ``1 - p`` and ``p`` of ``n`` values, kept on
+    the device: shapes repeat across a model's blocks, and a tensor made from a host list
+    costs a copy every time."""
+    key = (n, ps, dtype, str(device))
+    if key not in _INTERP:
+        k = min(n, max(int(n - 1 - int(p * (n - 1))) + 1 for p in ps) + 1)
+        lo_pos = [(1.0 - p) * (n - 1) for p in ps]
+        hi_pos = [p * (n - 1) for p in ps]
+        lo_i = [int(v) for v in lo_pos]
+        hi_i = [int(v) for v in hi_pos]
+        idx = (lo_i + [min(i + 1, n - 1) for i in lo_i]  # bot[i] = sorted[i]
+               + [k + n - 1 - i for i in hi_i]  # top[j] = sorted[n - 1 - j], after bot
+               + [k + n - 1 - min(i + 1, n - 1) for i in hi_i])
+        frac = [v - i for v, i in zip(lo_pos + hi_pos, lo_i + hi_i)]
+        if len(_INTERP) > 256:
+            _INTERP.clear()
+        _INTERP[key] = (k, torch.tensor(idx, device=device),
+                        torch.tensor(frac, dtype=dtype, device=device))
+    return _INTERP[key]
 
 
 def range_to_params(lo: torch.Tensor, hi: torch.Tensor, n_bits: int):

@@ -70,7 +70,7 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
             s, z, qmax = input_quant_params(mod)
             erq_kernels.gram_update(x, st.ata, st.atx, st.colsum, s, z, qmax)
             st.tokens += x.shape[0]
-            st.yy += output.double().pow(2).sum()
+            st.yy += output.float().pow(2).sum(dtype=torch.float64)  # squares in fp32, sum in fp64
             if name == stop_after:
                 raise _Stop
         handles.append(m.register_forward_hook(hook))
@@ -96,6 +96,9 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     return stats
 
 
+_REPORT_CHUNK_BYTES = 1 << 30  # fp64 Gram matrices stacked at once by the report
+
+
 class OutputError:
     """``||A theta - X~ target||^2 / ||X~ target||^2`` of each layer of a batch, from its
     statistics alone (the per-layer report).
@@ -103,28 +106,38 @@ class OutputError:
     ``target`` ``(B, O, n)`` (``[W, b]``) must be the weights the statistics were gathered
     with, so that ``sum ||Y||^2`` is its output energy. With ``d = theta - target``, ``H = A^T A``
     and ``G = A^T X~`` the error energy is ``d^T H d + 2 d^T (H - G) target + e0``: the
-    ``target`` terms are formed once per layer (fp64, they nearly cancel), each call costs one
-    fp64 product per layer and one host synchronization for the batch.
+    ``target`` terms are formed once (fp64: they nearly cancel), each call costs one batched
+    fp64 product per chunk of layers (at most ``_REPORT_CHUNK_BYTES`` of fp64 Gram matrices)
+    and one host synchronization.
     """
 
     def __init__(self, stats: list[LayerStats], target: torch.Tensor):
         self.stats, self.target = stats, target
-        self.v, self.e0 = [], []
-        for st, tg in zip(stats, target):
-            t = tg.double().T
-            h_t, g_t = st.ata.double() @ t, st.atx.double() @ t
-            self.e0.append((t * h_t).sum() - 2 * (t * g_t).sum() + st.yy.double())
+        n = target.shape[-1]
+        per = max(1, _REPORT_CHUNK_BYTES // (8 * n * n))
+        self.chunks = [slice(i, i + per) for i in range(0, len(stats), per)]
+        self.yy = torch.stack([st.yy for st in stats]).double()
+        self.v, e0 = [], []
+        for c in self.chunks:
+            t = target[c].double().transpose(1, 2)
+            h_t, g_t = self._gram(c, "ata") @ t, self._gram(c, "atx") @ t
+            e0.append((t * h_t).sum((1, 2)) - 2 * (t * g_t).sum((1, 2)))
             self.v.append((h_t - g_t).float())  # small (the input-quantization residual): fp32
+        self.e0 = torch.cat(e0) + self.yy
+
+    def _gram(self, c: slice, which: str) -> torch.Tensor:
+        return torch.stack([getattr(st, which) for st in self.stats[c]]).double()
+
+    def _ratio(self, energy: torch.Tensor) -> list[float]:
+        return (energy.clamp_min(0) / self.yy.clamp_min(1e-30)).tolist()
 
     def initial(self) -> list[float]:
         """The error of ``target`` itself (input quantization only)."""
-        return torch.stack([e0.clamp_min(0) / st.yy.double().clamp_min(1e-30)
-                            for st, e0 in zip(self.stats, self.e0)]).tolist()
+        return self._ratio(self.e0)
 
     def __call__(self, theta: torch.Tensor) -> list[float]:
-        errs = []
-        for st, th, tg, v, e0 in zip(self.stats, theta, self.target, self.v, self.e0):
-            d = (th.double() - tg.double()).T
-            energy = (d * (st.ata.double() @ d)).sum() + 2 * (d * v.double()).sum() + e0
-            errs.append(energy.clamp_min(0) / st.yy.double().clamp_min(1e-30))
-        return torch.stack(errs).tolist()
+        energy = []
+        for c, v in zip(self.chunks, self.v):
+            d = (theta[c].double() - self.target[c].double()).transpose(1, 2)
+            energy.append((d * (self._gram(c, "ata") @ d)).sum((1, 2)) + 2 * (d * v).sum((1, 2)))
+        return self._ratio(torch.cat(energy) + self.e0)
