@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -66,6 +68,9 @@ def main(argv=None):
     ap.add_argument("--calib", default=str(Path(DEFAULT_DATA) / "imagenet-calib"))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time each model x images x backend this many times, alternating "
+                         "backends (the table's speed-up compares medians)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("erq bench times the GPU pipeline: no CUDA device here")
@@ -82,10 +87,11 @@ def main(argv=None):
         if not args.no_warmup:  # compile every kernel for this model's shapes outside the timing
             run_one(fp, images, min(args.num_calib), "auto", device)
         for n in args.num_calib:
-            for backend in args.backends:
+            for rep, backend in itertools.product(range(args.repeat), args.backends):
                 r = run_one(fp, images, n, backend, device)
                 rec = {"model": name, "calib_images": n, "backend": "default" if backend == "auto" else backend,
-                       **r, "card": card, **{k: v for k, v in versions().items() if k in ("torch", "triton", "timm")},
+                       "repeat": rep, **r, "card": card,
+                       **{k: v for k, v in versions().items() if k in ("torch", "triton", "timm")},
                        "date": time.strftime("%Y-%m-%d")}
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
@@ -101,13 +107,22 @@ def table(records) -> str:
               "report_errors", "eval_batch"]
     lines = ["| model | images | backend | " + " | ".join(phases) + " | total s | peak GB | speed-up |",
              "|" + "---|" * (len(phases) + 6)]
-    ref = {(r["model"], r["calib_images"]): r["total_s"] for r in records if r["backend"] == "reference"}
+    totals: dict[tuple, list] = {}
     for r in records:
-        sp = ref.get((r["model"], r["calib_images"]))
-        speed = f"{sp / r['total_s']:.1f}x" if sp and r["backend"] != "reference" else ""
+        totals.setdefault((r["model"], r["calib_images"], r["backend"]), []).append(r["total_s"])
+    med = {k: statistics.median(v) for k, v in totals.items()}
+    for r in records:
+        sp = med.get((r["model"], r["calib_images"], "reference"))
+        speed = (f"{sp / r['total_s']:.1f}x" if sp and r["backend"] != "reference" else "")
         lines.append(f"| {r['model']} | {r['calib_images']} | {r['backend']} | "
                      + " | ".join(f"{r['phases'].get(p, 0):.2f}" for p in phases)
                      + f" | {r['total_s']:.2f} | {r['peak_gb']:.2f} | {speed} |")
+    for (model, n, backend), v in med.items():
+        ref = med.get((model, n, "reference"))
+        if backend != "reference" and ref and len(totals[(model, n, backend)]) > 1:
+            lines.append(f"\n{model}, {n} images: median total {backend} {v:.2f} s over "
+                         f"{len(totals[(model, n, backend)])} runs, reference {ref:.2f} s: "
+                         f"{ref / v:.1f}x")
     return "\n".join(lines)
 
 
