@@ -16,7 +16,7 @@ from .modules import QuantConv2d, QuantLinear, activation_quantizers, set_quant_
 from .quantizers import calibrate_weights
 from .reparam import reparameterize
 from .solve import damping, group_by_shape
-from .stats import OutputError, collect_stats
+from .stats import OutputError, all_finite, collect_stats
 from .wqer import wqer
 from .wrap import wrap_model
 
@@ -154,8 +154,8 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
     model = model.to(device).eval()
     report = Report(config=asdict(config))
     params = dict(model.named_parameters())
-    if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params.values()]).all()):
-        for name, p in params.items():  # one synchronization when all is well
+    if not all_finite(list(params.values())):
+        for name, p in params.items():
             _check_finite(name, p.detach(), "weights")
     batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)

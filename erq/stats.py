@@ -32,6 +32,18 @@ class LayerStats:
                    torch.zeros((), dtype=torch.float64, device=device))
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite: one fused norm over the list and one
+    host synchronization (a norm is NaN / Inf where an element is, or where it overflows,
+    which the exact per-tensor check that follows then clears)."""
+    tensors = [t.detach() for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    if bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 class _Stop(Exception):
     pass
 
@@ -85,8 +97,7 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     finally:
         for h in handles:
             h.remove()
-    finite = [torch.isfinite(st.ata).all() & torch.isfinite(st.atx).all() for st in stats.values()]
-    if finite and bool(torch.stack(finite).all()):  # one synchronization when all is well
+    if all_finite([t for st in stats.values() for t in (st.ata, st.atx)]):
         return stats
     for name, st in stats.items():
         if not bool(torch.isfinite(st.ata).all() & torch.isfinite(st.atx).all()):

@@ -15,11 +15,8 @@ from .solve import factor_with_retry
 def grid_errors(w, scale, zero, qmax: int):
     """``(E_round, E_floor, E_ceil)``: grid value minus ``w`` for each rounding, clamped."""
     t = w / scale
-    out = []
-    for fn in (torch.round, torch.floor, torch.ceil):
-        q = torch.clamp(fn(t) + zero, 0, qmax)
-        out.append((q - zero) * scale - w)
-    return out
+    q = torch.stack([torch.round(t), torch.floor(t), torch.ceil(t)])  # one pass for the three
+    return ((torch.clamp(q + zero, 0, qmax) - zero) * scale - w).unbind(0)
 
 
 def proxy_matrix(ata: torch.Tensor, colsum: torch.Tensor, tokens: int) -> torch.Tensor:
