@@ -57,17 +57,20 @@ STRATEGIES = ("fused", "prequant", "prequant_triton")
 
 
 def default_strategy(op: str, dtype, a_quant=None) -> str:
-    """The strategy the Triton backend runs: the fastest in ``benchmarks/bench_fakequant.py``
-    on an H200 (2026-11-27; ViT-B/H shapes, see benchmarks/results/fakequant.json).
+    """The strategy the Triton backend runs (timings: ``benchmarks/bench_fakequant.py`` on an
+    H200, 2026-11-27, ViT-B/H shapes, benchmarks/results/fakequant*.json).
 
-    fp32 linear: fused (1.4-2.0x eager; prequant_triton was within 10 % of it, either way).
-    bf16 linear: prequant (0.6-2.1x fused vs 1.0-4.4x prequant). fp32 attention: prequant
-    (2.2-4.6x). bf16 attention: ``q @ k^T`` fused (2.4-2.7x), ``P @ v`` (log2 quantizer, whose
-    prologue is the costliest) prequant (4.9-5.8x).
+    fp32: prequant for both ops — the one-pass Triton quantizer is bit-exact against the
+    reference and the GEMM is the same IEEE cuBLAS call as the eager path, so fp32 results are
+    *bit-identical* to the reference backend (a W4A4 ViT is chaotic at the ulp level: the fused
+    GEMM, 1.4-2.0x eager, changed 17 % of ViT-Ti's predictions and its top-1 by 0.2-1.0 point;
+    prequant is 1.07-1.42x eager on linear layers, 2.2-6.4x on attention). bf16 linear:
+    prequant (1.0-6.2x; fused 0.6-3.8x). bf16 attention: ``q @ k^T`` fused (2.4-4.2x),
+    ``P @ v`` (log2 quantizer, whose prologue is the costliest) prequant (4.9-6.4x).
     """
     fp32 = dtype == torch.float32
     if op == "linear":
-        return "fused" if fp32 else "prequant"
+        return "prequant"
     if fp32 or (a_quant is not None and a_quant[0] == "log2"):
         return "prequant"
     return "fused"

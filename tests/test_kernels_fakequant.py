@@ -278,3 +278,23 @@ def test_default_strategy_runs_and_matches():
     exact = aq32.double() @ b.double()
     err = (out.double() - exact).abs()
     assert (err <= 2.0 ** -8 * exact.abs() + 1e-5 * (aq32.double().abs() @ b.double().abs())).all()
+
+
+def test_fp32_default_is_bit_identical_to_the_reference():
+    # fp32 runs prequant on purpose: bit-exact quantization, then the reference's own GEMM,
+    # so the Triton backend reproduces the eager forward bit for bit (no ulp-level drift).
+    assert fq.default_strategy("linear", torch.float32) == "prequant"
+    assert fq.default_strategy("matmul", torch.float32, ("uniform", 1.0, 0.0, 15)) == "prequant"
+    s, z, qmax = 0.07, 6.4, 15
+    x = _tie_free_uniform((3, 37, 40), s, z, qmax)
+    x[x.abs() > 1e3] = 0.5  # finite products only
+    w = torch.randn(23, 40)
+    bias = torch.randn(23)
+    assert torch.equal(fq.fake_quant_linear(x, w, bias, s, z, qmax),
+                       ref.fake_quant_linear(x, w, bias, s, z, qmax))
+    q = _tie_free_uniform((2, 3, 17, 8), s, z, qmax)
+    k = _tie_free_uniform((2, 3, 8, 19), s, z, qmax)
+    q[q.abs() > 1e3] = 0.5
+    k[k.abs() > 1e3] = -0.5
+    aq = bq = ("uniform", s, z, qmax)
+    assert torch.equal(fq.fake_quant_matmul(q, k, aq, bq), ref.fake_quant_matmul(q, k, aq, bq))
