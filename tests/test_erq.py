@@ -208,3 +208,44 @@ def test_nan_in_statistics_names_the_layer():
     wrap_model(model)
     with pytest.raises(FloatingPointError, match="blocks.0.attn.proj"):
         collect_stats(model, dict(weighted_layers(model)), [images(model, 2)], "cpu")
+
+
+def test_report_chunks_and_finiteness_helper(monkeypatch):
+    import erq.stats as stats_mod
+    g = torch.Generator().manual_seed(9)
+    sts, thetas, targets = [], [], []
+    for _ in range(3):
+        x = torch.randn(300, 12, generator=g)
+        st = _stats(x, None, None, None)
+        w = torch.randn(5, 13, generator=g)
+        xt = torch.cat([x, torch.ones(300, 1)], 1).double()
+        st.yy = (xt @ w.double().T).pow(2).sum()
+        sts.append(st)
+        targets.append(w)
+        thetas.append(w + 0.01 * torch.randn(5, 13, generator=g))
+    theta, target = torch.stack(thetas), torch.stack(targets)
+    whole = OutputError(sts, target)(theta)
+    monkeypatch.setattr(stats_mod, "_REPORT_CHUNK_BYTES", 8 * 13 * 13)  # one layer per chunk
+    chunked = stats_mod.OutputError(sts, target)
+    assert len(chunked.chunks) == 3
+    assert chunked(theta) == pytest.approx(whole, rel=1e-12)
+    assert stats_mod.all_finite([theta, torch.full((3,), 3e38)])  # a norm overflows, values finite
+    assert not stats_mod.all_finite([theta, torch.tensor([0.0, float("nan")])])
+
+
+def test_candidate_passes_do_not_change_the_choice(monkeypatch):
+    import erq.quantizers as qz
+    x = torch.nn.functional.gelu(torch.randn(4, 50, 24, generator=torch.Generator().manual_seed(2)) * 3)
+    lo, hi = qz.tail_quantiles(x.reshape(-1), qz.ACT_QUANTILES)
+    xc = x.reshape(-1, 24)
+    loc, hic = qz.tail_quantiles(xc, qz.ACT_QUANTILES, dim=0)
+    w = torch.randn(30, 40, generator=torch.Generator().manual_seed(3))
+    lw, hw = torch.quantile(w, 1 - torch.tensor(qz.WEIGHT_PERCENTILES), dim=1), \
+        torch.quantile(w, torch.tensor(qz.WEIGHT_PERCENTILES), dim=1)
+    together = [qz.least_mse_range(x, lo, hi, 4, None), qz.least_mse_range(xc, loc, hic, 4, 0),
+                qz.least_mse_range(w, lw, hw, 3, 1)]
+    monkeypatch.setattr(qz, "_CANDIDATE_ELEMENTS", 1)  # one candidate per pass
+    apart = [qz.least_mse_range(x, lo, hi, 4, None), qz.least_mse_range(xc, loc, hic, 4, 0),
+             qz.least_mse_range(w, lw, hw, 3, 1)]
+    for (s1, z1), (s2, z2) in zip(together, apart):
+        assert torch.equal(s1, s2) and torch.equal(z1, z2)

@@ -298,3 +298,16 @@ def test_fp32_default_is_bit_identical_to_the_reference():
     k[k.abs() > 1e3] = -0.5
     aq = bq = ("uniform", s, z, qmax)
     assert torch.equal(fq.fake_quant_matmul(q, k, aq, bq), ref.fake_quant_matmul(q, k, aq, bq))
+
+
+def test_per_op_backend_override(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND", "reference")
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_FAKE_QUANT_LINEAR", "triton")
+    assert erq_kernels.backend_for("fake_quant_linear", cpu) == "triton"
+    assert erq_kernels.backend_for("fake_quant_matmul", cpu) == "reference"
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_FAKE_QUANT_LINEAR", "auto")  # the rules: CPU -> reference
+    assert erq_kernels.backend_for("fake_quant_linear", cpu) == "reference"
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_FAKE_QUANT_MATMUL", "cuda-please")
+    with pytest.raises(ValueError, match="ERQ_KERNELS_BACKEND"):
+        erq_kernels.backend_for("fake_quant_matmul", cpu)
