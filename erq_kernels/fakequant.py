@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import triton
 
 from . import _dispatch
-from ._fakequant_kernels import fq_matmul_kernel, fq_tensor_kernel
+from ._fakequant_kernels import fq_flat_kernel, fq_matmul_kernel, fq_tensor_kernel
 from .reference import _ieee_matmul
 
 __all__ = ["fake_quant_linear", "fake_quant_matmul", "fake_quant_tensor"]
@@ -207,6 +207,14 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
     """
     if quant is None:
         return x
+    flat = _flat_args(x, quant)
+    if flat is not None:  # the common case, with as little host work as possible
+        y = torch.empty_like(x)
+        block = 1024 if _INTERPRET else 2048
+        fq_flat_kernel[(triton.cdiv(x.numel(), block),)](
+            x, y, x.numel(), *flat, EMULATE=_INTERPRET and x.dtype != torch.float32,
+            FAST_DIV=not _INTERPRET, BLOCK=block, num_warps=4)
+        return y
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"unsupported dtype {x.dtype}")
     if x.numel() >= 2 ** 31:
@@ -226,6 +234,31 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
         EMULATE=_INTERPRET and x.dtype != torch.float32, FAST_DIV=not _INTERPRET,
         BLOCK=block, num_warps=4)
     return y
+
+
+def _flat_args(x, quant):
+    """``(scale, zero, last, QUANT=...)`` for :data:`fq_flat_kernel` when ``x`` is contiguous,
+    non-empty and of a supported dtype and the quantizer's parameters are one-element float
+    tensors on ``x``'s device (what the quantizer modules hold); ``None`` otherwise."""
+    if (not x.is_contiguous() or x.dtype not in _FLAT_DTYPES or x.numel() == 0
+            or x.numel() >= 2 ** 31):
+        return None
+    if quant[0] == "uniform" and len(quant) == 4:
+        s, z, last, mode = quant[1], quant[2], float(quant[3]), _UNIFORM
+    elif quant[0] == "log2" and len(quant) == 3 and 1 <= int(quant[2]) <= 8:
+        s, z, last, mode = quant[1], None, float(2 ** int(quant[2])), _LOG2
+    else:
+        return None
+    for t in (s, z) if z is not None else (s,):
+        if not (torch.is_tensor(t) and t.numel() == 1 and t.dtype in _FLAT_DTYPES
+                and t.device == x.device):
+            return None
+    if z is None:
+        z = s  # unused by the log2 quantizer
+    return s, z, last, mode
+
+
+_FLAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _torch_gemm(fn, dtype):

@@ -311,3 +311,20 @@ def test_per_op_backend_override(monkeypatch):
     monkeypatch.setenv("ERQ_KERNELS_BACKEND_FAKE_QUANT_MATMUL", "cuda-please")
     with pytest.raises(ValueError, match="ERQ_KERNELS_BACKEND"):
         erq_kernels.backend_for("fake_quant_matmul", cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flat_quantizer_path_equals_general_path(dtype):
+    # 0-d tensor parameters and a contiguous input take the few-argument kernel
+    s, z = torch.tensor(0.07), torch.tensor(6.4)
+    x = _tie_free_uniform((5, 33, 17), 0.07, 6.4, 15, dtype)
+    assert fq._flat_args(x, ("uniform", s, z, 15)) is not None
+    got = fq.fake_quant_tensor(x, ("uniform", s, z, 15))
+    assert fq._flat_args(x, ("uniform", 0.07, 6.4, 15)) is None  # numbers: the general kernel
+    assert torch.equal(got, fq.fake_quant_tensor(x, ("uniform", 0.07, 6.4, 15)))
+    if dtype == torch.float32:
+        assert torch.equal(got, ref.fake_quant(x, s, z, 15))
+    p = _tie_free_log2((3, 7, 50), 0.8, 4).to(dtype)
+    got = fq.fake_quant_tensor(p, ("log2", torch.tensor(0.8), 4))
+    assert torch.equal(got, fq.fake_quant_tensor(p, ("log2", 0.8, 4)))
+    assert fq._flat_args(x.transpose(0, 2), ("uniform", s, z, 15)) is None  # strided: general
