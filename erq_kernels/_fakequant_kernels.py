@@ -223,9 +223,9 @@ def fq_tensor_kernel(
 @triton.jit
 def fq_flat_kernel(x_ptr, y_ptr, numel, s_ptr, z_ptr, qmax, QUANT: tl.constexpr,
                    EMULATE: tl.constexpr, FAST_DIV: tl.constexpr, BLOCK: tl.constexpr):
-    """``fq_tensor_kernel`` for a contiguous ``x`` and per-tensor parameters in memory: six
-    runtime arguments, because on small tensors issuing the launch from Python costs more
-    than the pass itself."""
+    """``fq_tensor_kernel`` for a contiguous ``x`` and a per-tensor uniform quantizer whose
+    parameters are in memory: six runtime arguments, because on small tensors issuing the
+    launch from Python costs more than the pass itself."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
