@@ -285,30 +285,27 @@ def calibrate_weights(quantizers: list["WeightQuantizer"], ws: torch.Tensor) -> 
     ws = ws.detach().float()
     b, o, d = ws.shape
     q0 = quantizers[0]
-    if any(q.n_bits != q0.n_bits or q.dual != q0.dual or q.scale.shape != (q0.scale.shape)
+    if any(q.n_bits != q0.n_bits or q.dual != q0.dual or q.scale.shape != q0.scale.shape
            for q in quantizers) or q0.scale.shape[1] != o or q0.group.shape[0] != d:
         raise ValueError("calibrate_weights needs quantizers of one configuration and shape")
-    if not q0.dual:
-        s, z = _row_search(ws.reshape(b * o, d), q0.n_bits)
-        for i, q in enumerate(quantizers):
-            q.scale[0] = s[i * o:(i + 1) * o].to(q.scale.device)
-            q.zero[0] = z[i * o:(i + 1) * o].to(q.zero.device)
-            q.calibrated.fill_(True)
-        return
-    groups = dual_groups(ws)  # (B, D); the same number of columns per group in every layer
-    # a stable sort lists each group's columns in index order, group 0 first: no host sync
-    order = torch.argsort(groups, dim=-1, stable=True)
-    k1 = dual_group_size(o, d)
-    for g, cols in enumerate((order[:, : d - k1], order[:, d - k1:])):
-        if cols.shape[1] == 0:
+    groups, column_sets = None, [None]  # None: every column, one group
+    if q0.dual:
+        groups = dual_groups(ws)  # (B, D); the same number of columns per group in every layer
+        # a stable sort lists each group's columns in index order, group 0 first: no host sync
+        order = torch.argsort(groups, dim=-1, stable=True)
+        k1 = dual_group_size(o, d)
+        column_sets = [order[:, : d - k1], order[:, d - k1:]]
+    for g, cols in enumerate(column_sets):
+        if cols is not None and cols.shape[1] == 0:
             continue
-        sub = torch.gather(ws, 2, cols[:, None, :].expand(b, o, cols.shape[1]))
+        sub = ws if cols is None else torch.gather(ws, 2, cols[:, None].expand(b, o, cols.shape[1]))
         s, z = _row_search(sub.reshape(b * o, -1), q0.n_bits)
         for i, q in enumerate(quantizers):
             q.scale[g] = s[i * o:(i + 1) * o].to(q.scale.device)
             q.zero[g] = z[i * o:(i + 1) * o].to(q.zero.device)
-    for q, gr in zip(quantizers, groups):
-        q.group = gr.to(q.group.device)
+    for i, q in enumerate(quantizers):
+        if groups is not None:
+            q.group = groups[i].to(q.group.device)
         q.calibrated.fill_(True)
 
 

@@ -221,7 +221,7 @@ def fq_tensor_kernel(
 
 
 @triton.jit
-def fq_flat_kernel(x_ptr, y_ptr, numel, s_ptr, z_ptr, qmax, QUANT: tl.constexpr,
+def fq_flat_kernel(x_ptr, y_ptr, numel, s_ptr, z_ptr, qmax,
                    EMULATE: tl.constexpr, FAST_DIV: tl.constexpr, BLOCK: tl.constexpr):
     """``fq_tensor_kernel`` for a contiguous ``x`` and a per-tensor uniform quantizer whose
     parameters are in memory: six runtime arguments, because on small tensors issuing the
@@ -231,6 +231,6 @@ def fq_flat_kernel(x_ptr, y_ptr, numel, s_ptr, z_ptr, qmax, QUANT: tl.constexpr,
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     ps = tl.load(s_ptr).to(tl.float32)  # parameters may be stored in x's dtype
     pz = tl.load(z_ptr).to(tl.float32)
-    y = _quantize(x, QUANT, ps, tl.math.div_rn(1.0, ps), pz, qmax, FAST_DIV)
+    y = _uniform(x, ps, tl.math.div_rn(1.0, ps), pz, qmax, FAST_DIV)
     y = _round_to(y, y_ptr.dtype.element_ty, EMULATE).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + offs, y, mask=mask)

@@ -564,43 +564,39 @@ def inverse_cholesky_upper(g, lam=None):
 # A loop of single-matrix torch.linalg calls (cuSOLVER's batched potrf is slow at large n)
 # ---------------------------------------------------------------------------------------------
 
-def _loop_cholesky(a, lam=None):
-    n = a.shape[-1]
-    h = reference.add_diagonal(a, lam).reshape(-1, n, n)
-    out = torch.empty_like(h)
-    info = torch.empty(h.shape[0], dtype=torch.int32, device=a.device)
+def _each_matrix(g, lam, out_like, solve_one):
+    """``solve_one(i, h_i) -> (out_i, info_i)`` on every matrix ``h_i`` of ``g + lam I``, one
+    call at a time; the outputs take ``out_like``'s shape and dtype, ``info`` ``g``'s batch."""
+    n = g.shape[-1]
+    h = reference.add_diagonal(g, lam).reshape(-1, n, n)
+    out = torch.empty((h.shape[0], *out_like.shape[-2:]), dtype=out_like.dtype, device=g.device)
+    info = torch.empty(h.shape[0], dtype=torch.int32, device=g.device)
     for i in range(h.shape[0]):
-        li, ii = torch.linalg.cholesky_ex(h[i])
-        out[i] = li
-        info[i] = ii
-    return out.reshape(a.shape), info.reshape(a.shape[:-2])
+        out[i], info[i] = solve_one(i, h[i])
+    return out.reshape(out_like.shape), info.reshape(g.shape[:-2])
+
+
+def _loop_cholesky(a, lam=None):
+    return _each_matrix(a, lam, a, lambda i, h: torch.linalg.cholesky_ex(h))
 
 
 def _loop_ridge_solve(g, b, lam=None):
-    n = g.shape[-1]
-    h = reference.add_diagonal(g, lam).reshape(-1, n, n)
-    bb = b.reshape(-1, n, b.shape[-1])
-    x = torch.empty_like(bb)
-    info = torch.empty(h.shape[0], dtype=torch.int32, device=g.device)
-    for i in range(h.shape[0]):
-        li, ii = torch.linalg.cholesky_ex(h[i])
+    bb = b.reshape(-1, *b.shape[-2:])
+
+    def solve_one(i, h):
+        li, info = torch.linalg.cholesky_ex(h)
         y = torch.linalg.solve_triangular(li, bb[i], upper=False)
-        x[i] = torch.linalg.solve_triangular(li.mT, y, upper=True)
-        info[i] = ii
-    return x.reshape(b.shape), info.reshape(g.shape[:-2])
+        return torch.linalg.solve_triangular(li.mT, y, upper=True), info
+    return _each_matrix(g, lam, b, solve_one)
 
 
 def _loop_inverse_cholesky_upper(g, lam=None):
-    n = g.shape[-1]
-    h = reference.add_diagonal(g, lam).reshape(-1, n, n)
-    u = torch.empty_like(h)
-    info = torch.empty(h.shape[0], dtype=torch.int32, device=g.device)
-    eye = torch.eye(n, dtype=h.dtype, device=h.device)
-    for i in range(h.shape[0]):
-        mi, ii = torch.linalg.cholesky_ex(h[i].flip(-1, -2))
-        u[i] = torch.linalg.solve_triangular(mi, eye, upper=False).flip(-1, -2)
-        info[i] = ii
-    return u.reshape(g.shape), info.reshape(g.shape[:-2])
+    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+
+    def solve_one(i, h):
+        mi, info = torch.linalg.cholesky_ex(h.flip(-1, -2))
+        return torch.linalg.solve_triangular(mi, eye, upper=False).flip(-1, -2), info
+    return _each_matrix(g, lam, g, solve_one)
 
 
 for _op, _fn in (("cholesky", cholesky), ("solve_triangular", solve_triangular),

@@ -52,6 +52,7 @@ __all__ = ["fake_quant_linear", "fake_quant_matmul", "fake_quant_tensor"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _NONE, _UNIFORM, _LOG2 = 0, 1, 2
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # operand dtypes the kernels take
 _P_SCALAR, _P_ONE, _P_VEC = 0, 1, 2  # parameters: kernel scalars, one value, K values
 STRATEGIES = ("fused", "prequant", "prequant_triton")
 
@@ -152,7 +153,7 @@ def _parse_quant(q, device, k: int, allow_vec: bool):
 def _check_dtypes(a, b):
     if a.dtype != b.dtype:
         raise TypeError(f"operand dtypes differ: {a.dtype} and {b.dtype}")
-    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if a.dtype not in _DTYPES:
         raise TypeError(f"unsupported dtype {a.dtype}")
 
 
@@ -215,7 +216,7 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
             x, y, x.numel(), *flat, EMULATE=_INTERPRET and x.dtype != torch.float32,
             FAST_DIV=not _INTERPRET, BLOCK=block, num_warps=4)
         return y
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if x.dtype not in _DTYPES:
         raise TypeError(f"unsupported dtype {x.dtype}")
     if x.numel() >= 2 ** 31:
         raise ValueError("tensor too large for 32-bit indexing")
@@ -237,10 +238,10 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
 
 
 def _flat_args(x, quant):
-    """``(scale, zero, last, QUANT=...)`` for :data:`fq_flat_kernel` when ``x`` is contiguous,
+    """``(scale, zero, qmax)`` for :data:`fq_flat_kernel` when ``x`` is contiguous,
     non-empty and of a supported dtype and the quantizer's parameters are one-element float
     tensors on ``x``'s device (what the quantizer modules hold); ``None`` otherwise."""
-    if (not x.is_contiguous() or x.dtype not in _FLAT_DTYPES or x.numel() == 0
+    if (not x.is_contiguous() or x.dtype not in _DTYPES or x.numel() == 0
             or x.numel() >= 2 ** 31):
         return None
     # uniform only: with the log2 quantizer this kernel measured slower than the general one
@@ -249,13 +250,11 @@ def _flat_args(x, quant):
         return None
     s, z = quant[1], quant[2]
     for t in (s, z):
-        if not (torch.is_tensor(t) and t.numel() == 1 and t.dtype in _FLAT_DTYPES
+        if not (torch.is_tensor(t) and t.numel() == 1 and t.dtype in _DTYPES
                 and t.device == x.device):
             return None
-    return s, z, float(quant[3]), _UNIFORM
+    return s, z, float(quant[3])
 
-
-_FLAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _torch_gemm(fn, dtype):
