@@ -38,7 +38,6 @@ def main(argv=None):
         import traceback
         import warnings
         counts = collections.Counter()
-        show = warnings.showwarning
 
         def record(message, category, filename, lineno, file=None, line=None):
             frames = [f for f in traceback.extract_stack()[:-1]
@@ -46,14 +45,14 @@ def main(argv=None):
             where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[::-1][:3])
             counts[where or f"{filename}:{lineno}"] += 1
 
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores showwarning and the filters on exit
             warnings.simplefilter("always")
             warnings.showwarning = record
-            quantize(copy.deepcopy(fp), [images], cfg, device)
-        torch.cuda.set_sync_debug_mode(0)
-        warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                quantize(copy.deepcopy(fp), [images], cfg, device)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
         for where, c in counts.most_common(60):
             print(f"{c:6d}  {where}")
         print("total synchronizations:", sum(counts.values()))

@@ -25,14 +25,6 @@ LINEAR = {"vit_b_qkv": (197 * 32, 768, 2304), "vit_b_fc2": (197 * 32, 3072, 768)
           "vit_h_fc1": (257 * 32, 1280, 5120)}
 
 
-def _sync(fn):
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-    return run
-
-
 def _quantizer(x):
     lo, hi = x.float().amin(), x.float().amax()
     s = (hi - lo) / 15
@@ -42,7 +34,7 @@ def _quantizer(x):
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("case", list(LINEAR))
-def test_fake_quant_linear(benchmark, case, dtype, backend):
+def test_fake_quant_linear(benchmark, synced, case, dtype, backend):
     from erq_kernels import fakequant as fq, reference as ref
     m, k, n = LINEAR[case]
     x = (torch.randn(m, k, device="cuda") * 1.5).to(dtype)
@@ -54,18 +46,18 @@ def test_fake_quant_linear(benchmark, case, dtype, backend):
         fn = lambda: fq.fake_quant_linear(x, w, bias, s, z, qmax)  # noqa: E731
     else:
         fn = lambda: F.linear(ref.fake_quant(x, s, z, qmax), w, bias)  # noqa: E731
-    out = _sync(fn)()
+    out = synced(fn)()
     xq = ref.fake_quant(x.float(), s, z, qmax).to(dtype).double()
     exact = xq @ w.double().T + bias.double()
     err = (torch.linalg.norm(out.double() - exact) / torch.linalg.norm(exact)).item()
     assert err < (1e-6 if dtype == torch.float32 else 3e-2)
     benchmark.extra_info.update(m=m, k=k, n=n, error=err)
-    benchmark(_sync(fn))
+    benchmark(synced(fn))
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_fake_quant_matmul_pv(benchmark, dtype, backend):
+def test_fake_quant_matmul_pv(benchmark, synced, dtype, backend):
     from erq_kernels import fakequant as fq, reference as ref
     b, h, t, d = 32, 12, 197, 64
     p = torch.softmax(torch.randn(b, h, t, t, device="cuda") * 2, -1).to(dtype)
@@ -73,8 +65,8 @@ def test_fake_quant_matmul_pv(benchmark, dtype, backend):
     aq, bq = ("log2", p.float().amax(), 4), ("uniform", *_quantizer(v))
     fn = (lambda: fq.fake_quant_matmul(p, v, aq, bq)) if backend == "triton" else \
         (lambda: ref.fake_quant_matmul(p, v, aq, bq))
-    out = _sync(fn)()
+    out = synced(fn)()
     exact = ref.fake_quant_matmul(p.float(), v.float(), aq, bq).to(dtype).double()
     err = (torch.linalg.norm(out.double() - exact) / torch.linalg.norm(exact)).item()
     assert err < (1e-5 if dtype == torch.float32 else 3e-2)
-    benchmark(_sync(fn))
+    benchmark(synced(fn))

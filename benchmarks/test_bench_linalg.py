@@ -26,14 +26,9 @@ def _gram(batch, n):
     return g
 
 
-def _run(benchmark, fn):
-    fn()
-    torch.cuda.synchronize()
-
-    def call():
-        fn()
-        torch.cuda.synchronize()
-    benchmark.pedantic(call, rounds=5, iterations=1, warmup_rounds=1)
+def _run(benchmark, run):
+    run()
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
 
 
 def _impl(op, backend):
@@ -44,24 +39,24 @@ def _impl(op, backend):
 
 @pytest.mark.parametrize("backend", ["triton", "reference", "torch_loop"])
 @pytest.mark.parametrize("batch,n", SHAPES)
-def test_bench_cholesky(benchmark, batch, n, backend):
+def test_bench_cholesky(benchmark, synced, batch, n, backend):
     g = _gram(batch, n)
     fn = _impl("cholesky", backend)
-    _run(benchmark, lambda: fn(g, 0.01))
+    _run(benchmark, synced(lambda: fn(g, 0.01)))
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("batch,n", SHAPES)
-def test_bench_ridge_solve(benchmark, batch, n, backend):
+def test_bench_ridge_solve(benchmark, synced, batch, n, backend):
     g = _gram(batch, n)
     b = torch.randn(batch, n, 3 * n, device="cuda")
     fn = _impl("ridge_solve", backend)
-    _run(benchmark, lambda: fn(g, b, 0.01))
+    _run(benchmark, synced(lambda: fn(g, b, 0.01)))
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("batch,n", SHAPES)
-def test_bench_inverse_cholesky_upper(benchmark, batch, n, backend):
+def test_bench_inverse_cholesky_upper(benchmark, synced, batch, n, backend):
     g = _gram(batch, n)
     fn = _impl("inverse_cholesky_upper", backend)
-    _run(benchmark, lambda: fn(g, 0.01))
+    _run(benchmark, synced(lambda: fn(g, 0.01)))

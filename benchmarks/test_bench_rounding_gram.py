@@ -27,23 +27,15 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = prev
 
 
-def _sync(fn):
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-    return run
-
-
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("o,s", ROUNDING_SHAPES)
-def test_rounding_refine(benchmark, o, s, backend):
+def test_rounding_refine(benchmark, synced, o, s, backend):
     import bench_rounding_gram as B
     from erq_kernels import reference, rounding
     gen = torch.Generator(device="cuda").manual_seed(o + s)
     er, ef, ec, c = B.make_rounding(o, s, gen)
     fn = rounding.rounding_refine if backend == "triton" else reference.rounding_refine
-    run = _sync(lambda: fn(er, ef, ec, c, 100))
+    run = synced(lambda: fn(er, ef, ec, c, 100))
     out = run()
     assert bool(((out == er) | (out == ef) | (out == ec)).all())
     if backend == "triton":
@@ -56,7 +48,7 @@ def test_rounding_refine(benchmark, o, s, backend):
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("n,d", GRAM_SHAPES)
-def test_gram_update(benchmark, n, d, backend):
+def test_gram_update(benchmark, synced, n, d, backend):
     import bench_rounding_gram as B
     from erq_kernels import gram, reference
     gen = torch.Generator(device="cuda").manual_seed(n + d)
@@ -65,7 +57,7 @@ def test_gram_update(benchmark, n, d, backend):
     bufs = [torch.zeros(d + 1, d + 1, device="cuda"), torch.zeros(d + 1, d + 1, device="cuda"),
             torch.zeros(d + 1, device="cuda")]
     fn = gram.gram_update if backend == "triton" else reference.gram_update
-    run = _sync(lambda: fn(x, *bufs, scale, zero, qmax))
+    run = synced(lambda: fn(x, *bufs, scale, zero, qmax))
     run()
     ra, rx = B.fp64_stats(x, scale, zero, qmax)
     # fp32 sums over up to 10^5 tokens: both backends land near 1e-7..1e-6
