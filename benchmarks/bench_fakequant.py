@@ -69,6 +69,19 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def warm_up_gpu(seconds: float = 1.0) -> None:
+    """Keep the GPU busy with large GEMMs for a while, so that the first shape timed does not
+    run at idle clocks (the first row of earlier runs swung by 2x between runs)."""
+    if DEV != "cuda":
+        return
+    a = torch.randn(4096, 4096, device=DEV, dtype=torch.bfloat16)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def release():
     if DEV == "cuda":
         torch.cuda.empty_cache()
@@ -304,6 +317,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     ok = check_correctness()
     log("correctness", "OK" if ok else "FAILED")
+    warm_up_gpu()
 
     records, rows = [], []
     out_file = args.out / "fakequant.json"

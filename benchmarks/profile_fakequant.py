@@ -1,6 +1,7 @@
 """Where the time of one small fake-quant linear goes (GPU): kernel times from torch.profiler
-and wall times of the pieces (one-pass quantizer, GEMM, whole op, eager reference), for the
-calibration-sized shapes where the bf16 speed-up is smallest.
+and wall times of the pieces (one-pass quantizer, GEMM with cuBLAS's bias epilogue and without,
+whole op directly and through the dispatcher, eager reference), for the calibration-sized
+shapes where the bf16 speed-up is smallest.
 
     python benchmarks/profile_fakequant.py
 """
@@ -11,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import erq_kernels
 from erq_kernels import fakequant as fq
 from erq_kernels import reference as ref
 
@@ -53,10 +55,14 @@ def main():
             z = torch.tensor(7.3, device="cuda")
             quant = ("uniform", s, z, 15)
             xq = fq.fake_quant_tensor(x, quant)
+            wt = w.t()
             fns = {"quantize (Triton one pass)": lambda: fq.fake_quant_tensor(x, quant),
                    "quantize (eager)": lambda: ref.fake_quant(x, s.to(dtype), z.to(dtype), 15),
                    "GEMM only": lambda: F.linear(xq, w, b),
+                   "GEMM: torch.mm, no bias": lambda: torch.mm(xq, wt),
+                   "GEMM: torch.addmm": lambda: torch.addmm(b, xq, wt),
                    "op (default strategy)": lambda: fq.fake_quant_linear(x, w, b, s, z, 15),
+                   "op through the dispatcher": lambda: erq_kernels.fake_quant_linear(x, w, b, s, z, 15),
                    "eager reference": lambda: F.linear(ref.fake_quant(x, s.to(dtype), z.to(dtype), 15), w, b)}
             print(f"\n{dname} {name} {m}x{k}x{n}: us per call (back to back) / host us to issue")
             for label, fn in fns.items():
