@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine, everything issue 6 is checked by, in one call (outputs under $OUT):
-# the host-time profile, the per-layer benchmark (ViT-B and
-# ViT-H), quantized evaluation throughput (ViT-B) and the ViT-Ti eval-path identity (eager vs
-# Triton evaluation of the same quantized weights). Data in data_carry/ (carried).
+# On the GPU machine, everything issue 6 is checked by, in one call (outputs under $OUT): the
+# host-time profile, the per-layer benchmark (ViT-B and ViT-H), quantized evaluation throughput
+# (ViT-B) and the ViT-Ti eval-path identity (eager vs Triton evaluation of the same quantized
+# weights; CONSISTENCY=0 skips it). Data in data_carry/ (carried).
 set -u
 D=${DATA:-data_carry}
 OUT=${OUT:-/tmp/erq_out}
