@@ -5,7 +5,8 @@ definition) and, where one exists, a Triton kernel; :mod:`erq_kernels._dispatch`
 backend (Triton on CUDA unless a measured table says otherwise, the reference on CPU;
 ``ERQ_KERNELS_BACKEND=reference|triton`` forces one). Importable without :mod:`erq`.
 
-All linear algebra is fp32 with IEEE-accurate products (never plain TF32).
+All linear algebra is fp32 with IEEE-accurate products (never plain TF32); the int8 backend of
+``gram_update`` is exact integer arithmetic (:mod:`erq_kernels.gram_int8`).
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Rules, in order:
 
 1. ``ERQ_KERNELS_BACKEND_<OP>`` (e.g. ``ERQ_KERNELS_BACKEND_GRAM_UPDATE``), then
-   ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` | ``auto`` forces a
-   backend for that op / every op that has it (``triton`` on CPU tensors needs
+   ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` | ``int8`` | ``auto``
+   forces a backend for that op / every op that has it (``torch_loop``: the linear algebra;
+   ``int8``: ``gram_update``) (``triton`` on CPU tensors needs
    ``TRITON_INTERPRET=1``; ``auto`` means the rules below).
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
@@ -71,8 +72,9 @@ def choose(op: str, device, key: dict | None = None) -> str:
     if forced and forced != "auto":
         if forced == "reference" or forced in impls:
             return forced
-        if forced not in ("triton", "torch_loop"):
-            raise ValueError(f"{ENV}={forced!r}: expected auto, reference, triton or torch_loop")
+        if forced not in ("triton", "torch_loop", "int8"):
+            raise ValueError(f"{ENV}={forced!r}: expected auto, reference, triton, torch_loop "
+                             "or int8")
         return "reference"  # op has no such backend: the reference defines it
     if getattr(device, "type", str(device)) != "cuda" or "triton" not in impls:
         return "reference"

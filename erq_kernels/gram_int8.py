@@ -1,0 +1,346 @@
+"""Gram statistics of a quantized input from exact int8 tensor-core products.
+
+``gram_update`` (the statistics of :func:`reference.gram_update`) for an input quantizer of at
+most 8 bits, computed with integer arithmetic wherever the quantizer makes it possible:
+
+* The fake-quantized input is ``A = s (q - z)`` with integer codes ``q`` in ``[0, qmax]``. With
+  ``zi = round(z)``, ``zf = z - zi``, an offset ``o`` that centres ``q`` in int8 and ``m`` the
+  indicator of the clamped entries, ``q - z = K + beta - zf m`` exactly, where ``K = q' - o``
+  (``q' = r + zi`` inside the range, ``0`` or ``qmax`` at the clamps, ``r = round(x / s)``) and
+  ``beta = o - zi``. The clamping decisions are the reference's (same fp32 ``r + z``).
+* ``X`` is written per column as ``sigma_j sum_t S_t 128^-t`` with int8 slices ``S_t`` and a
+  power-of-two ``sigma_j`` (so the scaling is exact); four slices hold every fp32 entry to
+  ``2^-22 sigma_j``.
+* One Triton pass reads ``X`` once and writes ``[K; m; S_1..S_4]`` as int8, transposed so that
+  every product is a K-major int8 GEMM (``torch._int_mm``, int32 accumulation: exact). The
+  products ``K^T K, K^T m, m^T m, K^T S_t, m^T S_t`` are combined in fp64 with the scalars
+  ``s, beta, zf, sigma`` and the column sums, then added to the fp32 accumulators.
+
+``A^T A`` is therefore exact (to the final fp64 rounding) for the exact fake-quant values
+``s (q - z)``, which differ from the reference's fp32 ``(q - z) * s`` by fp32 rounding only;
+``A^T X~`` is exact for ``X`` to ``2^-22`` of each column's largest entry. When every ``zf`` is
+zero (no reparameterized zero point) the ``m`` rows are skipped: 5 int8 GEMMs of ``D x D x N``
+instead of 12. Rows are processed in chunks (:func:`max_chunk_rows`) so that int32 sums cannot
+overflow and the workspace does not grow with ``N``.
+
+Cases this path does not cover (no quantizer, ``qmax > 255``, fp64 or non-contiguous
+accumulators) go to the Triton kernel of :mod:`erq_kernels.gram`; a ``D`` so large that the
+int32 products would exceed :data:`PRODUCT_BYTES` goes to the reference.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _dispatch, gram, reference
+
+__all__ = ["gram_update", "max_chunk_rows", "N_SLICES"]
+
+WORKSPACE_BYTES = 1 << 29  # int8 planes of one chunk of rows
+PRODUCT_BYTES = 1 << 31  # the int32 products of one chunk (D = 5120: 0.5 GiB, 1.2 GiB with m)
+N_SLICES = 4
+_ALIGN = 16  # torch._int_mm wants dimensions that are multiples of 8; 16 also keeps rows aligned
+
+_RINT_MAGIC = tl.constexpr(12582912.0)
+_RINT_LIMIT = tl.constexpr(4194304.0)
+
+
+@triton.jit
+def _rint(y):
+    """Round half to even for ``|y| <= 2^22`` (larger values clamped), as :mod:`gram`."""
+    y = tl.minimum(tl.maximum(y, -_RINT_LIMIT), _RINT_LIMIT)
+    return (y + _RINT_MAGIC) - _RINT_MAGIC
+
+
+@triton.jit
+def _col_exponent(lo_ptr, hi_ptr, cols, cm):
+    """``e_j`` with ``max |x_j| / 2^e_j <= 127`` (``ceil(log2(max |x_j| / 127))``, from the
+    fp32 bits, so both kernels get the same exact power of two), and ``0 * max |x_j|`` (NaN
+    where the column holds NaN or Inf, else 0)."""
+    amax = tl.maximum(tl.abs(tl.load(lo_ptr + cols, mask=cm, other=0.0)),
+                      tl.abs(tl.load(hi_ptr + cols, mask=cm, other=0.0)))
+    v = tl.maximum(amax, 1e-30) / 127.0
+    bits = v.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 255) - 127 + tl.where((bits & 8388607) != 0, 1, 0)
+    e = tl.minimum(tl.maximum(e, -126), 127)
+    return e, amax * 0.0
+
+
+@triton.jit
+def _pow2(e):
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
+                  N, D, NP, DP, stride_x, s_stride, qmax, off,
+                  MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BR: tl.constexpr,
+                  BC: tl.constexpr):
+    """Write the int8 planes of rows ``[pid0 * BR, ...)`` and columns ``[pid1 * BC, ...)``,
+    transposed (plane row ``c``, column ``r`` holds row ``r`` of ``X``'s column ``c``):
+    ``K`` at plane 0, ``m`` at plane 1 (MASK_ROWS), then 16 rows whose first is 1 for every
+    real row (its products are the column sums and the row count), then ``S_1..S_NSL``.
+    Padding (rows ``>= N``, columns ``>= D``) gets zeros."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = cols < D
+    valid = (rows < N)[:, None] & cm[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=valid,
+                other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + cols * s_stride, mask=cm, other=1.0)[None, :]
+    z = tl.load(z_ptr + cols * s_stride, mask=cm, other=0.0)[None, :]
+
+    r = _rint(tl.math.div_rn(x, s))
+    v = r + z  # the reference's clamp decisions: clamp(r + z, 0, qmax) in fp32
+    low = v < 0.0
+    high = v > qmax
+    q = tl.where(low, 0.0, tl.where(high, qmax, r + _rint(z)))
+    q = tl.minimum(tl.maximum(q, 0.0), qmax)
+    k = tl.where(valid, q - off, 0.0)
+
+    plane = DP.to(tl.int64) * NP
+    dst = out_ptr + cols.to(tl.int64)[None, :] * NP + rows[:, None]
+    inside = (rows < NP)[:, None] & (cols < DP)[None, :]
+    tl.store(dst, k.to(tl.int8), mask=inside)
+    ones = dst + plane
+    if MASK_ROWS:
+        m = tl.where(valid & (low | high), 1.0, 0.0)
+        tl.store(dst + plane, m.to(tl.int8), mask=inside)
+        ones += plane
+    if tl.program_id(1) == 0:
+        r16 = tl.arange(0, 16)
+        one = tl.where((r16[None, :] == 0) & (rows < N)[:, None], 1, 0).to(tl.int8)
+        base = out_ptr + (MASK_ROWS + 1) * plane
+        tl.store(base + r16.to(tl.int64)[None, :] * NP + rows[:, None], one,
+                 mask=(rows < NP)[:, None] & (r16 < 16)[None, :])
+    # slices of x / sigma (|.| <= 127, sigma a power of two): every remainder is exact in fp32
+    e, _ = _col_exponent(lo_ptr, hi_ptr, cols, cm)
+    t = x * _pow2(-e)[None, :]
+    t = tl.minimum(tl.maximum(t, -127.0), 127.0)
+    sl = ones + 16 * NP
+    for i in tl.static_range(NSL):
+        si = _rint(t)
+        tl.store(sl + i * plane, tl.where(valid, si, 0.0).to(tl.int8), mask=inside)
+        t = (t - si) * 128.0
+
+
+@triton.jit
+def _add_to(p, val, msk):
+    tl.store(p, tl.load(p, mask=msk, other=0.0) + val, mask=msk)
+
+
+@triton.jit
+def _zero_parts(z_ptr, idx, msk, s_stride, off):
+    """``(beta, zf)`` in fp64 for columns ``idx``: ``z = zi + zf``, ``beta = off - zi``."""
+    z = tl.load(z_ptr + idx * s_stride, mask=msk, other=0.0)
+    zi = _rint(z)
+    return (off - zi).to(tl.float64), z.to(tl.float64) - zi.to(tl.float64)
+
+
+@triton.jit
+def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_ptr, hi_ptr,
+                    s_stride, off, D, DP, ONE, SL0,
+                    MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BT: tl.constexpr):
+    """Add one chunk's products to ``ata``, ``atx`` and the border (fp32) for a ``BT x BT``
+    tile; everything is combined in fp64 first, where the ``beta`` and ``zf`` corrections
+    cancel most of the integer products exactly.
+
+    ``g`` (int32, row stride ``ldg``) is ``[K; m; ones]^T`` times every plane: row ``ONE`` holds
+    the column sums of every plane (and the row count at ``(ONE, ONE)``), the slices start at
+    column ``SL0``. With ``C = K + beta - zf m`` (so ``A = s C``) the tile gets
+    ``s_i (C^T C)_ij s_j`` and ``s_i (C^T X)_ij``.
+    """
+    i = tl.program_id(0) * BT + tl.arange(0, BT)
+    j = tl.program_id(1) * BT + tl.arange(0, BT)
+    mi = i < D
+    mj = j < D
+    m2 = mi[:, None] & mj[None, :]
+    g1 = g_ptr + ONE.to(tl.int64) * ldg  # the sums row
+    nr = tl.load(g1 + ONE).to(tl.float64)
+    s_i = tl.load(s_ptr + i * s_stride, mask=mi, other=0.0).to(tl.float64)
+    s_j = tl.load(s_ptr + j * s_stride, mask=mj, other=0.0).to(tl.float64)
+    b_i, zf_i = _zero_parts(z_ptr, i, mi, s_stride, off)
+    b_j, zf_j = _zero_parts(z_ptr, j, mj, s_stride, off)
+    ks_i = tl.load(g1 + i, mask=mi, other=0).to(tl.float64)
+    ks_j = tl.load(g1 + j, mask=mj, other=0).to(tl.float64)
+    e_i, bad_i = _col_exponent(lo_ptr, hi_ptr, i, mi)
+    e_j, bad_j = _col_exponent(lo_ptr, hi_ptr, j, mj)
+    sig_i = _pow2(e_i).to(tl.float64)
+    sig_j = _pow2(e_j).to(tl.float64)
+    xs_i = tl.zeros([BT], tl.float64)
+    xs_j = tl.zeros([BT], tl.float64)
+    w = 1.0
+    for t in tl.static_range(NSL):
+        xs_i += w * tl.load(g1 + SL0 + t * DP + i, mask=mi, other=0).to(tl.float64)
+        xs_j += w * tl.load(g1 + SL0 + t * DP + j, mask=mj, other=0).to(tl.float64)
+        w = w * 0.0078125
+    xs_i = xs_i * sig_i
+    xs_j = xs_j * sig_j
+
+    gi = g_ptr + i.to(tl.int64)[:, None] * ldg + j[None, :]
+    ctc = tl.load(gi, mask=m2, other=0).to(tl.float64)
+    ctc += ks_i[:, None] * b_j[None, :] + b_i[:, None] * ks_j[None, :] \
+        + nr * b_i[:, None] * b_j[None, :]
+    kx = tl.zeros([BT, BT], tl.float64)
+    w = 1.0
+    for t in tl.static_range(NSL):
+        kx += w * tl.load(gi + SL0 + t * DP, mask=m2, other=0).to(tl.float64)
+        w = w * 0.0078125
+    ctx = kx * sig_j[None, :] + b_i[:, None] * xs_j[None, :]
+    cs_i = ks_i + nr * b_i
+    if MASK_ROWS:
+        gm = gi + DP.to(tl.int64) * ldg  # rows of m
+        km = tl.load(gi + DP, mask=m2, other=0).to(tl.float64)
+        mk = tl.load(gm, mask=m2, other=0).to(tl.float64)
+        mm = tl.load(gm + DP, mask=m2, other=0).to(tl.float64)
+        ms_i = tl.load(g1 + DP + i, mask=mi, other=0).to(tl.float64)
+        ms_j = tl.load(g1 + DP + j, mask=mj, other=0).to(tl.float64)
+        ctc += zf_i[:, None] * zf_j[None, :] * mm \
+            - zf_j[None, :] * (km + b_i[:, None] * ms_j[None, :]) \
+            - zf_i[:, None] * (mk + b_j[None, :] * ms_i[:, None])
+        mx = tl.zeros([BT, BT], tl.float64)
+        w = 1.0
+        for t in tl.static_range(NSL):
+            mx += w * tl.load(gm + SL0 + t * DP, mask=m2, other=0).to(tl.float64)
+            w = w * 0.0078125
+        ctx -= zf_i[:, None] * mx * sig_j[None, :]
+        cs_i -= zf_i * ms_i
+    bad = bad_i[:, None] + bad_j[None, :]  # NaN in a row or column of non-finite X
+    out = i[:, None] * ld + j[None, :]
+    a = tl.load(ata_ptr + out, mask=m2, other=0.0)
+    tl.store(ata_ptr + out, a + ((s_i[:, None] * ctc * s_j[None, :]).to(tl.float32) + bad),
+             mask=m2)
+    x = tl.load(atx_ptr + out, mask=m2, other=0.0)
+    tl.store(atx_ptr + out, x + ((s_i[:, None] * ctx).to(tl.float32) + bad), mask=m2)
+    if tl.program_id(1) == 0:
+        # the border: sums of A (A^T 1 and 1^T A), sums of X (1^T X~) and the row count
+        a_sum = (s_i * cs_i).to(tl.float32) + bad_i
+        _add_to(ata_ptr + i * ld + D, a_sum, mi)
+        _add_to(ata_ptr + D * ld + i, a_sum, mi)
+        _add_to(atx_ptr + i * ld + D, a_sum, mi)
+        _add_to(cs_ptr + i, a_sum, mi)
+        _add_to(atx_ptr + D * ld + i, xs_i.to(tl.float32) + bad_i, mi)
+        if tl.program_id(0) == 0:
+            cnt = nr.to(tl.float32)
+            corner = ata_ptr + D * ld + D
+            tl.store(corner, tl.load(corner) + cnt)
+            corner = atx_ptr + D * ld + D
+            tl.store(corner, tl.load(corner) + cnt)
+            tl.store(cs_ptr + D, tl.load(cs_ptr + D) + cnt)
+
+
+def _ceil_to(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+_ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)
+
+
+def _all_integer(z: torch.Tensor) -> bool:
+    """Whether every zero point is an integer: one host sync per tensor and version (cached;
+    a weak reference makes sure a cached id is still the same tensor)."""
+    hit = _ZF_CACHE.get(id(z))
+    if hit is not None and hit[0]() is z and hit[1] == z._version:
+        return hit[2]
+    flag = bool((z == torch.round(z)).all())
+    key = id(z)
+    _ZF_CACHE[key] = (weakref.ref(z, lambda _r, key=key: _ZF_CACHE.pop(key, None)), z._version,
+                      flag)
+    return flag
+
+
+def _params(scale, zero, d: int, device):
+    s_t, s_stride = gram._param(scale, d, device)
+    z_t, z_stride = gram._param(0.0 if zero is None else zero, d, device)
+    if s_stride != z_stride:
+        s_t, z_t = s_t.expand(d).contiguous(), z_t.expand(d).contiguous()
+        s_stride = 1
+    if zero is None:
+        integer_z = True
+    elif isinstance(zero, torch.Tensor):
+        integer_z = _all_integer(zero)
+    else:
+        integer_z = float(zero) == round(float(zero))
+    return s_t, z_t, s_stride, integer_z
+
+
+def max_chunk_rows(qmax: int, d: int, planes: int) -> int:
+    """Rows per chunk: no int32 product sum may overflow (every plane entry is at most 128 in
+    magnitude, ``K`` at most ``qmax + 1 - off``), and the planes stay within
+    :data:`WORKSPACE_BYTES`."""
+    k_max = max((qmax + 1) // 2, qmax - (qmax + 1) // 2)
+    exact = (2 ** 31 - 1) // (max(k_max, 1) * 128)
+    memory = WORKSPACE_BYTES // (planes * _ceil_to(d, _ALIGN) + _ALIGN)
+    return max(_ALIGN, min(exact, memory) // _ALIGN * _ALIGN)
+
+
+def supported(x: torch.Tensor, ata, atx, colsum, scale, qmax) -> bool:
+    """Whether this path handles the call (else :func:`gram.gram_update` does)."""
+    return (scale is not None and qmax is not None and int(qmax) <= 255
+            and x.dim() == 2 and x.shape[1] > 0 and x.is_floating_point()
+            and x.dtype != torch.float64
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in (ata, atx, colsum)))
+
+
+def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: torch.Tensor,
+                scale=None, zero=None, qmax: int | None = None, *, chunk_rows: int | None = None,
+                n_slices: int = N_SLICES) -> None:
+    """Accumulate ``A^T A``, ``A^T X~`` and ``sum A`` in place from int8 products.
+
+    Args:
+        x: ``(N, D)`` fp32, bf16 or fp16.
+        ata, atx: ``(D+1, D+1)`` fp32 accumulators, contiguous; colsum: ``(D+1,)`` fp32.
+        scale, zero, qmax: the input quantizer, per-tensor (floats or one-element tensors) or
+            per-channel (``(D,)``); ``qmax <= 255``. Without a quantizer (or with fp64
+            accumulators) the call goes to :func:`erq_kernels.gram.gram_update`.
+        chunk_rows: rows per int8 workspace (default and upper bound :func:`max_chunk_rows`).
+        n_slices: int8 slices of ``X`` (4 hold fp32 to ``2^-22`` of each column's maximum).
+    Workspace: at most :data:`WORKSPACE_BYTES` of int8 planes plus the int32 products
+    (``~4 (2 + n_slices) D^2`` bytes with a fractional zero point, ``~4 (1 + n_slices) D^2``
+    without); above :data:`PRODUCT_BYTES` the call goes to the reference (cuBLAS fp32).
+    Non-finite ``x`` makes ``atx`` (and ``ata``) non-finite, as the reference does.
+    """
+    if not supported(x, ata, atx, colsum, scale, qmax):
+        return gram.gram_update(x, ata, atx, colsum, scale, zero, qmax)
+    n, d = x.shape
+    if n == 0:
+        return None
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    dev = x.device
+    s_t, z_t, s_stride, integer_z = _params(scale, zero, d, dev)
+    qmax = int(qmax)
+    off = (qmax + 1) // 2
+    planes_k = 1 if integer_z else 2
+    dp = _ceil_to(d, _ALIGN)
+    chunk = max_chunk_rows(qmax, d, planes_k + n_slices)
+    if chunk_rows:
+        chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
+
+    planes = planes_k + n_slices
+    lk = planes_k * dp + _ALIGN  # rows of the left operand: K (, m) and the ones block
+    if lk * (planes * dp + _ALIGN) * 4 > PRODUCT_BYTES:
+        # the int32 product matrix would not fit the budget: cuBLAS fp32 (the reference) instead
+        return reference.gram_update(x, ata, atx, colsum, scale, zero, qmax)
+    lo, hi = (t.float().contiguous() for t in torch.aminmax(x, dim=0))  # -> column scales of X
+    for r0 in range(0, n, chunk):
+        rows = min(chunk, n - r0)
+        np_ = _ceil_to(rows, _ALIGN)
+        buf = torch.empty((planes * dp + _ALIGN, np_), dtype=torch.int8, device=dev)
+        _codes_kernel[(triton.cdiv(np_, 64), triton.cdiv(dp, 32))](
+            x[r0:r0 + rows], s_t, z_t, lo, hi, buf, rows, d, np_, dp, x.stride(0), s_stride,
+            float(qmax), float(off), MASK_ROWS=not integer_z, NSL=n_slices, BR=64, BC=32,
+            num_warps=4)
+        g = torch._int_mm(buf[:lk], buf.T)  # exact int32 sums of products
+        del buf
+        _combine_kernel[(triton.cdiv(d, 32), triton.cdiv(d, 32))](
+            g, g.stride(0), ata, atx, colsum, d + 1, s_t, z_t, lo, hi, s_stride, float(off), d,
+            dp, planes_k * dp, lk, MASK_ROWS=not integer_z, NSL=n_slices, BT=32, num_warps=4)
+        del g
+    return None
+
+
+_dispatch.register("gram_update", "int8", gram_update)
