@@ -94,6 +94,17 @@ def gram_split(x, s, z, qmax):
     return g[:, :d] + p + p.T, g[:, 2 * d:3 * d] + g[:, 3 * d:] + g2
 
 
+def gram_case(gen, n, d):
+    """Random ``X`` (N x D), a per-tensor 4-bit quantizer with a fractional zero point, and the
+    fp64 statistics ``A^T A``, ``A^T X`` of its fake-quantized values."""
+    x = torch.randn(n, d, device=DEV, generator=gen) * 1.5 + 0.2
+    lo, hi = x.min().item(), x.max().item()
+    s = torch.tensor((hi - lo) / 15, device=DEV)
+    z = torch.tensor(-lo / s.item() + 0.37, device=DEV)
+    a = fake_quant(x, s, z, 15)
+    return x, s, z, a, a.double().T @ a.double(), a.double().T @ x.double()
+
+
 def probe_gram(out, quick):
     shapes = [(6304, 192), (6304, 384), (6304, 768), (6304, 1280), (100864, 768),
               (100864, 1280), (8224, 5120)]
@@ -103,13 +114,7 @@ def probe_gram(out, quick):
     print(f"\n{'N':>7s} {'D':>5s} {'eager ms':>9s} {'split ms':>9s} {'ratio':>6s} "
           f"{'gemm-only sgemm':>15s} {'tf32':>7s} {'err eager':>9s} {'err split':>9s}")
     for n, d in shapes:
-        x = torch.randn(n, d, device=DEV, generator=gen) * 1.5 + 0.2
-        lo, hi = x.min().item(), x.max().item()
-        s = torch.tensor((hi - lo) / 15, device=DEV)
-        z = torch.tensor(-lo / s.item() + 0.37, device=DEV)
-        a = fake_quant(x, s, z, 15)
-        ref_a = a.double().T @ a.double()
-        ref_x = a.double().T @ x.double()
+        x, s, z, a, ref_a, ref_x = gram_case(gen, n, d)
         ea, ex = gram_eager(x, s, z, 15)
         sa, sx = gram_split(x, s, z, 15)
         e_e = max(rel(ea, ref_a), rel(ex, ref_x))
@@ -302,13 +307,7 @@ def probe_int8(out, quick):
     print(f"\n{'N':>7s} {'D':>5s} {'sgemm TF':>9s} {'i8 DxD TOPS':>12s} {'i8 2Dx3D':>9s} "
           f"{'eager ms':>9s} {'int8 ms':>8s} {'ratio':>6s} {'err eager':>9s} {'err int8':>9s}")
     for n, d in shapes:
-        x = torch.randn(n, d, device=DEV, generator=gen) * 1.5 + 0.2
-        lo, hi = x.min().item(), x.max().item()
-        s = torch.tensor((hi - lo) / 15, device=DEV)
-        z = torch.tensor(-lo / s.item() + 0.37, device=DEV)
-        a = fake_quant(x, s, z, 15)
-        ref_a = a.double().T @ a.double()
-        ref_x = a.double().T @ x.double()
+        x, s, z, a, ref_a, ref_x = gram_case(gen, n, d)
         ea, ex = gram_eager(x, s, z, 15)
         ia, ix = gram_int8(x, s, z, 15)
         e_e = max(rel(ea, ref_a), rel(ex, ref_x))

@@ -45,3 +45,19 @@ def write_folder(root: Path, n: int, num_classes: int = 10, size: int = 40, seed
             Image.fromarray(rng.integers(0, 255, (size, size + 7, 3), dtype=np.uint8)).save(root / "images" / name)
             w.writerow([name, i % num_classes, f"n{i:08d}"])
     return root
+
+
+def gram_ref64(x, scale, zero, qmax):
+    """fp64 ``A^T A``, ``A^T X~`` and ``sum A`` of the reference-quantized (fp32) input."""
+    from erq_kernels import reference
+    x = x.float()
+    xq = x if scale is None else reference.fake_quant(x, scale, zero, qmax)
+    one = torch.ones(x.shape[0], 1, dtype=torch.float64)
+    a = torch.cat([xq.double(), one], 1)
+    xt = torch.cat([x.double(), one], 1)
+    return a.T @ a, a.T @ xt, a.sum(0)
+
+
+def rel_err(got, want) -> float:
+    """Normwise relative error of ``got`` against the fp64 ``want``."""
+    return ((got.double() - want).norm() / want.norm()).item()

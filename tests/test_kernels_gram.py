@@ -7,6 +7,7 @@ import torch
 
 import erq_kernels
 from erq_kernels import reference
+from helpers import gram_ref64 as _ref64, rel_err as _rel
 
 gram = pytest.importorskip("erq_kernels.gram")
 
@@ -21,20 +22,6 @@ def _quantizer(mode, d, gen):
     if mode == "zero_out_of_range":  # quantizes 0 to a nonzero level: padding must stay out
         return 0.1, 20.5, 15
     return 0.02 + 0.1 * torch.rand(d, generator=gen), 15 * torch.rand(d, generator=gen), 15
-
-
-def _ref64(x, scale, zero, qmax):
-    """fp64 statistics of the reference-quantized (fp32) input."""
-    x = x.float()
-    xq = x if scale is None else reference.fake_quant(x, scale, zero, qmax)
-    one = torch.ones(x.shape[0], 1, dtype=torch.float64)
-    a = torch.cat([xq.double(), one], 1)
-    xt = torch.cat([x.double(), one], 1)
-    return a.T @ a, a.T @ xt, a.sum(0)
-
-
-def _rel(got, want):
-    return ((got.double() - want).norm() / want.norm()).item()
 
 
 def _buffers(d, gen, zero=False):

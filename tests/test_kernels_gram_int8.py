@@ -8,22 +8,10 @@ import torch
 
 import erq_kernels
 from erq_kernels import reference
+from helpers import gram_ref64 as _ref64, rel_err as _rel
 
 gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
 gram = pytest.importorskip("erq_kernels.gram")
-
-
-def _ref64(x, scale, zero, qmax):
-    x = x.float()
-    xq = x if scale is None else reference.fake_quant(x, scale, zero, qmax)
-    one = torch.ones(x.shape[0], 1, dtype=torch.float64)
-    a = torch.cat([xq.double(), one], 1)
-    xt = torch.cat([x.double(), one], 1)
-    return a.T @ a, a.T @ xt, a.sum(0)
-
-
-def _rel(got, want):
-    return ((got.double() - want).norm() / want.norm()).item()
 
 
 def _zeros(d):
@@ -182,18 +170,20 @@ def test_chunk_rows_keep_int32_sums_exact(qmax, d):
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,d,mode", [(6304, 192, "tensor"), (1001, 383, "channel"),
                                       (8224, 1280, "tensor_int"), (333, 64, "eight_bit"),
-                                      (70000, 96, "tensor")])
+                                      (70000, 96, "tensor"), (4000, 200, "bf16")])
 def test_cuda_matches_fp64_reference(n, d, mode):
     # compiled kernels and cuBLASLt's int8 GEMM (run with TRITON_INTERPRET=0 on a GPU machine)
     gen = torch.Generator().manual_seed(n + d)
     x = (2.0 * torch.randn(n, d, generator=gen) + 0.3).cuda()
+    if mode == "bf16":
+        x, mode = x.bfloat16(), "channel"
     scale, zero, qmax = _quantizer(mode, d, gen)
     if isinstance(scale, torch.Tensor):
         scale, zero = scale.cuda(), zero.cuda()
     bufs = [torch.zeros(d + 1, d + 1, device="cuda"), torch.zeros(d + 1, d + 1, device="cuda"),
             torch.zeros(d + 1, device="cuda")]
     gram_int8.gram_update(x, *bufs, scale, zero, qmax)
-    x64, s64 = x.cpu(), scale.cpu() if isinstance(scale, torch.Tensor) else scale
+    x64, s64 = x.float().cpu(), scale.cpu() if isinstance(scale, torch.Tensor) else scale
     z64 = zero.cpu() if isinstance(zero, torch.Tensor) else zero
     for got, want in zip(bufs, _ref64(x64, s64, z64, qmax)):
         assert _rel(got.cpu(), want) < 1e-6
