@@ -61,6 +61,8 @@ def test_gram_update(benchmark, synced, n, d, backend):
     run = synced(lambda: fn(x, *bufs, scale, zero, qmax))
     run()
     ra, rx = B.fp64_stats(x, scale, zero, qmax)
-    # fp32 sums over up to 10^5 tokens: both backends land near 1e-7..1e-6
-    assert B.rel(bufs[0], ra) < 1e-5 and B.rel(bufs[1], rx) < 1e-5
+    # the kernels land near 1e-8..1e-6 against fp64; the eager fp32 matmuls summing 10^5
+    # tokens reach 3e-5 (benchmarks/RESULTS.md, section 4)
+    tol = 1e-4 if backend == "reference" else 1e-5
+    assert B.rel(bufs[0], ra) < tol and B.rel(bufs[1], rx) < tol
     benchmark(run)
