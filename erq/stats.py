@@ -73,6 +73,8 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     """
     stats = {}
     handles = []
+    # one host sync for every input quantizer's zero point instead of one per layer
+    erq_kernels.gram_prepare([input_quant_params(m)[1] for m in layers.values()])
     for name, m in layers.items():
         d = m.weight[0].numel()
         stats[name] = st = LayerStats.empty(d, device)

@@ -17,7 +17,7 @@ from ._dispatch import choose as backend_for
 
 __all__ = [
     "cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
-    "inverse_cholesky_upper", "gram_update", "fake_quant", "fake_quant_log2",
+    "inverse_cholesky_upper", "gram_update", "gram_prepare", "fake_quant", "fake_quant_log2",
     "fake_quant_linear", "fake_quant_matmul", "rounding_refine", "backend_for", "reference",
     "HAS_TRITON",
 ]
@@ -95,6 +95,16 @@ def gram_update(x, ata, atx, colsum, scale=None, zero=None, qmax=None):
         raise ValueError(f"x {tuple(x.shape)} does not match ata {tuple(ata.shape)}")
     fn = _dispatch.implementation("gram_update", x.device, {"n": x.shape[1] + 1, "batch": x.shape[0]})
     return fn(x, ata, atx, colsum, scale, zero, qmax)
+
+
+def gram_prepare(zeros) -> None:
+    """Optional, before many :func:`gram_update` calls: the zero-point tensors of the input
+    quantizers that will be used. Lets the int8 Gram backend learn which of them hold only
+    integers (then it skips the clamp-indicator products) with one host synchronization for
+    all of them instead of one per tensor on first use. Results do not depend on it."""
+    if HAS_TRITON:
+        from . import gram_int8
+        gram_int8.prime([z for z in zeros if isinstance(z, torch.Tensor) and z.is_cuda])
 
 
 def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None):

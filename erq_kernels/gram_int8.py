@@ -37,7 +37,7 @@ import triton.language as tl
 
 from . import _dispatch, gram, reference
 
-__all__ = ["gram_update", "max_chunk_rows", "N_SLICES"]
+__all__ = ["gram_update", "prime", "max_chunk_rows", "N_SLICES"]
 
 WORKSPACE_BYTES = 1 << 29  # int8 planes of one chunk of rows
 PRODUCT_BYTES = 1 << 31  # the int32 products of one chunk (D = 5120: 0.5 GiB, 1.2 GiB with m)
@@ -239,17 +239,34 @@ def _ceil_to(v: int, m: int) -> int:
 _ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)
 
 
+def _remember(z: torch.Tensor, flag: bool) -> None:
+    key = id(z)
+    _ZF_CACHE[key] = (weakref.ref(z, lambda _r, key=key: _ZF_CACHE.pop(key, None)), z._version,
+                      flag)
+
+
 def _all_integer(z: torch.Tensor) -> bool:
-    """Whether every zero point is an integer: one host sync per tensor and version (cached;
-    a weak reference makes sure a cached id is still the same tensor)."""
+    """Whether every zero point is an integer: one host sync per tensor and version unless
+    :func:`prime` has seen it (cached; a weak reference makes sure a cached id is still the same
+    tensor, and the version that it was not changed in place since)."""
     hit = _ZF_CACHE.get(id(z))
     if hit is not None and hit[0]() is z and hit[1] == z._version:
         return hit[2]
     flag = bool((z == torch.round(z)).all())
-    key = id(z)
-    _ZF_CACHE[key] = (weakref.ref(z, lambda _r, key=key: _ZF_CACHE.pop(key, None)), z._version,
-                      flag)
+    _remember(z, flag)
     return flag
+
+
+def prime(zeros) -> None:
+    """Decide for every zero-point tensor in ``zeros`` whether it holds only integers, with one
+    host synchronization for all of them (a statistics pass over many layers would otherwise
+    synchronize once per layer on its first call)."""
+    zeros = [z for z in zeros if isinstance(z, torch.Tensor) and z.numel()]
+    if not zeros:
+        return
+    flags = torch.stack([(z == torch.round(z)).all().to(zeros[0].device) for z in zeros])
+    for z, flag in zip(zeros, flags.tolist()):
+        _remember(z, bool(flag))
 
 
 def _params(scale, zero, d: int, device):

@@ -211,3 +211,17 @@ def test_closer_to_the_exact_quantizer_than_fp32_evaluation():
     gram_int8.gram_update(x, ata, atx, torch.zeros(d + 1), s, z, 15)
     assert _rel(ata, ea) < 1e-7 and _rel(atx, ex) < 1e-7
     assert _rel(ata, ea) < _rel(fa.float(), ea) and _rel(atx, ex) < _rel(fx.float(), ex)
+
+
+def test_prime_decides_every_zero_point_at_once():
+    zi, zf, zc = torch.tensor(7.0), torch.tensor(7.25), torch.tensor([1.0, 2.0, 3.5])
+    gram_int8.prime([zi, zf, zc, None])
+    assert [gram_int8._ZF_CACHE[id(z)][2] for z in (zi, zf, zc)] == [True, False, False]
+    zf.fill_(8.0)  # changed in place after priming: decided again, not taken from the cache
+    assert gram_int8._all_integer(zf) is True
+    x = torch.randn(50, 3)
+    for z in (zi, zc):
+        ata, atx, cs = _zeros(3)
+        gram_int8.gram_update(x, ata, atx, cs, torch.full_like(z, 0.1), z, 15)
+        ra, rx, rc = _ref64(x, torch.full_like(z, 0.1), z, 15)
+        assert _rel(ata, ra) < 1e-6 and _rel(atx, rx) < 1e-6 and _rel(cs, rc) < 1e-6
