@@ -99,6 +99,7 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
     finally:
         for h in handles:
             h.remove()
+        erq_kernels.gram_prepare(())
     if all_finite([t for st in stats.values() for t in (st.ata, st.atx)]):
         return stats
     for name, st in stats.items():

@@ -101,7 +101,8 @@ def gram_prepare(zeros) -> None:
     """Optional, before many :func:`gram_update` calls: the zero-point tensors of the input
     quantizers that will be used. Lets the int8 Gram backend learn which of them hold only
     integers (then it skips the clamp-indicator products) with one host synchronization for
-    all of them instead of one per tensor on first use. Results do not depend on it."""
+    all of them instead of one per call. ``gram_prepare(())`` forgets them; the tensors must not
+    change in between. Results do not depend on it."""
     if HAS_TRITON:
         from . import gram_int8
         gram_int8.prime([z for z in zeros if isinstance(z, torch.Tensor) and z.is_cuda])

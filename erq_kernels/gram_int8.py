@@ -239,34 +239,35 @@ def _ceil_to(v: int, m: int) -> int:
 _ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)
 
 
-def _remember(z: torch.Tensor, flag: bool) -> None:
-    key = id(z)
-    _ZF_CACHE[key] = (weakref.ref(z, lambda _r, key=key: _ZF_CACHE.pop(key, None)), z._version,
-                      flag)
+def _version(z: torch.Tensor):
+    try:
+        return z._version
+    except RuntimeError:  # inference tensors keep no version counter: never cached
+        return None
 
 
 def _all_integer(z: torch.Tensor) -> bool:
-    """Whether every zero point is an integer: one host sync per tensor and version unless
-    :func:`prime` has seen it (cached; a weak reference makes sure a cached id is still the same
-    tensor, and the version that it was not changed in place since)."""
+    """Whether every zero point is an integer. Answered from :func:`prime` when it has seen this
+    very tensor at this version during the current statistics pass, else with a host sync
+    (nothing else is cached: an edit through ``.data`` does not move the version counter)."""
     hit = _ZF_CACHE.get(id(z))
-    if hit is not None and hit[0]() is z and hit[1] == z._version:
+    if hit is not None and hit[0]() is z and hit[1] is not None and hit[1] == _version(z):
         return hit[2]
-    flag = bool((z == torch.round(z)).all())
-    _remember(z, flag)
-    return flag
+    return bool((z == torch.round(z)).all())
 
 
 def prime(zeros) -> None:
     """Decide for every zero-point tensor in ``zeros`` whether it holds only integers, with one
     host synchronization for all of them (a statistics pass over many layers would otherwise
-    synchronize once per layer on its first call)."""
+    synchronize once per call). Replaces what an earlier call primed; ``prime(())`` forgets
+    everything. Callers must not change the tensors while the answers are in use."""
+    _ZF_CACHE.clear()
     zeros = [z for z in zeros if isinstance(z, torch.Tensor) and z.numel()]
     if not zeros:
         return
     flags = torch.stack([(z == torch.round(z)).all().to(zeros[0].device) for z in zeros])
     for z, flag in zip(zeros, flags.tolist()):
-        _remember(z, bool(flag))
+        _ZF_CACHE[id(z)] = (weakref.ref(z), _version(z), bool(flag))
 
 
 def _params(scale, zero, d: int, device):
@@ -318,7 +319,10 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     Workspace: at most :data:`WORKSPACE_BYTES` of int8 planes plus the int32 products
     (``~4 (2 + n_slices) D^2`` bytes with a fractional zero point, ``~4 (1 + n_slices) D^2``
     without); above :data:`PRODUCT_BYTES` the call goes to the reference (cuBLAS fp32).
-    Non-finite ``x`` makes ``atx`` (and ``ata``) non-finite, as the reference does.
+    Non-finite ``x`` makes the statistics non-finite: NaN in the rows and columns of the
+    affected features (the reference gives Inf in ``atx`` and, for Inf input, a finite ``ata``).
+    Zero points beyond ``2^22`` in magnitude are outside its exact range (rounding is clamped
+    there).
     """
     if not supported(x, ata, atx, colsum, scale, qmax):
         return gram.gram_update(x, ata, atx, colsum, scale, zero, qmax)

@@ -118,12 +118,24 @@ def test_zero_point_changed_in_place():
         assert _rel(ata, ra) < 1e-6 and _rel(atx, rx) < 1e-6 and _rel(cs, rc) < 1e-6
 
 
-def test_non_finite_input_poisons_the_statistics():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_poisons_the_statistics(bad):
     x = torch.randn(40, 16)
-    x[3, 5] = float("nan")
+    x[3, 5] = bad
     ata, atx, cs = _zeros(16)
     gram_int8.gram_update(x, ata, atx, cs, 0.1, 7.5, 15)
     assert not torch.isfinite(ata).all() and not torch.isfinite(atx).all()
+    assert torch.isfinite(atx[:5, :5]).all()  # features without a bad entry stay finite
+
+
+def test_inference_mode_zero_point():
+    with torch.inference_mode():
+        x, z = torch.randn(30, 8), torch.tensor(3.0)
+        ata, atx, cs = _zeros(8)
+        gram_int8.prime([z])
+        gram_int8.gram_update(x, ata, atx, cs, 0.2, z, 15)
+    ra, rx, rc = _ref64(x, 0.2, z, 15)
+    assert _rel(ata, ra) < 1e-6 and _rel(atx, rx) < 1e-6
 
 
 def test_unsupported_cases_go_to_the_triton_kernel():
@@ -164,7 +176,8 @@ def test_chunk_rows_keep_int32_sums_exact(qmax, d):
     k_max = max((qmax + 1) // 2, qmax - (qmax + 1) // 2)
     assert rows % 16 == 0 and rows >= 16
     assert rows * k_max * 128 < 2 ** 31  # the largest |K| times the largest |S| or |K|, summed
-    assert rows * (6 * d + 16) <= gram_int8.WORKSPACE_BYTES + 16 * (6 * d + 16)
+    dp = (d + 15) // 16 * 16
+    assert rows * (6 * dp + 16) <= gram_int8.WORKSPACE_BYTES
 
 
 @pytest.mark.gpu
@@ -219,6 +232,10 @@ def test_prime_decides_every_zero_point_at_once():
     assert [gram_int8._ZF_CACHE[id(z)][2] for z in (zi, zf, zc)] == [True, False, False]
     zf.fill_(8.0)  # changed in place after priming: decided again, not taken from the cache
     assert gram_int8._all_integer(zf) is True
+    zi.data.fill_(7.5)  # no version bump through .data: only primed answers are ever reused
+    gram_int8.prime(())
+    assert gram_int8._all_integer(zi) is False
+    zi.data.fill_(7.0)
     x = torch.randn(50, 3)
     for z in (zi, zc):
         ata, atx, cs = _zeros(3)
