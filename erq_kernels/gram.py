@@ -31,11 +31,16 @@ _RINT_LIMIT = tl.constexpr(4194304.0)
 
 
 @triton.jit
+def rint(y):
+    """Round half to even (``torch.round``) for ``|y| <= 2^22``; larger values are clamped."""
+    y = tl.minimum(tl.maximum(y, -_RINT_LIMIT), _RINT_LIMIT)
+    return (y + _RINT_MAGIC) - _RINT_MAGIC
+
+
+@triton.jit
 def _fake_quant(x, s, z, qmax):
     """``(clamp(round(x / s) + z, 0, qmax) - z) * s`` with correctly rounded division."""
-    y = tl.math.div_rn(x, s)
-    y = tl.minimum(tl.maximum(y, -_RINT_LIMIT), _RINT_LIMIT)
-    r = (y + _RINT_MAGIC) - _RINT_MAGIC
+    r = rint(tl.math.div_rn(x, s))
     q = tl.minimum(tl.maximum(r + z, 0.0), qmax)
     return (q - z) * s
 
@@ -153,6 +158,17 @@ def _param(v, d: int, device: torch.device) -> tuple[torch.Tensor, int]:
     return torch.full((1,), float(v), dtype=torch.float32, device=device), 0
 
 
+def quant_params(scale, zero, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(scale, zero, stride)`` as fp32 device tensors sharing one stride over channels (0 for
+    per-tensor, 1 for per-channel; a per-tensor one beside a per-channel one is expanded)."""
+    s_t, s_stride = _param(scale, d, device)
+    z_t, z_stride = _param(0.0 if zero is None else zero, d, device)
+    if s_stride != z_stride:
+        s_t, z_t = s_t.expand(d).contiguous(), z_t.expand(d).contiguous()
+        s_stride = 1
+    return s_t, z_t, s_stride
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -204,11 +220,7 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         x = x.contiguous()
     quant = scale is not None
     if quant:
-        s_t, s_stride = _param(scale, d, x.device)
-        z_t, z_stride = _param(0.0 if zero is None else zero, d, x.device)
-        if s_stride != z_stride:  # one per-channel, one per-tensor: expand the scalar
-            s_t, z_t = s_t.expand(d).contiguous(), z_t.expand(d).contiguous()
-            s_stride = 1
+        s_t, z_t, s_stride = quant_params(scale, zero, d, x.device)
     else:
         s_t = z_t = ata  # unused
         s_stride = 0

@@ -44,15 +44,7 @@ PRODUCT_BYTES = 1 << 31  # the int32 products of one chunk (D = 5120: 0.5 GiB, 1
 N_SLICES = 4
 _ALIGN = 16  # torch._int_mm wants dimensions that are multiples of 8; 16 also keeps rows aligned
 
-_RINT_MAGIC = tl.constexpr(12582912.0)
-_RINT_LIMIT = tl.constexpr(4194304.0)
-
-
-@triton.jit
-def _rint(y):
-    """Round half to even for ``|y| <= 2^22`` (larger values clamped), as :mod:`gram`."""
-    y = tl.minimum(tl.maximum(y, -_RINT_LIMIT), _RINT_LIMIT)
-    return (y + _RINT_MAGIC) - _RINT_MAGIC
+_rint = gram.rint
 
 
 @triton.jit
@@ -133,6 +125,18 @@ def _add_to(p, val, msk):
 
 
 @triton.jit
+def _sliced(ptr, step, msk, NSL: tl.constexpr):
+    """``sum_t 128^-t g[ptr + t * step]`` in fp64: the int32 products of ``NSL`` slices of X
+    recombined (without the column scale)."""
+    acc = tl.load(ptr, mask=msk, other=0).to(tl.float64)
+    w = 1.0
+    for t in tl.static_range(1, NSL):
+        w = w * 0.0078125
+        acc += w * tl.load(ptr + t * step, mask=msk, other=0).to(tl.float64)
+    return acc
+
+
+@triton.jit
 def _zero_parts(z_ptr, idx, msk, s_stride, off):
     """``(beta, zf)`` in fp64 for columns ``idx``: ``z = zi + zf``, ``beta = off - zi``."""
     z = tl.load(z_ptr + idx * s_stride, mask=msk, other=0.0)
@@ -170,25 +174,14 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
     e_j, bad_j = _col_exponent(lo_ptr, hi_ptr, j, mj)
     sig_i = _pow2(e_i).to(tl.float64)
     sig_j = _pow2(e_j).to(tl.float64)
-    xs_i = tl.zeros([BT], tl.float64)
-    xs_j = tl.zeros([BT], tl.float64)
-    w = 1.0
-    for t in tl.static_range(NSL):
-        xs_i += w * tl.load(g1 + SL0 + t * DP + i, mask=mi, other=0).to(tl.float64)
-        xs_j += w * tl.load(g1 + SL0 + t * DP + j, mask=mj, other=0).to(tl.float64)
-        w = w * 0.0078125
-    xs_i = xs_i * sig_i
-    xs_j = xs_j * sig_j
+    xs_i = _sliced(g1 + SL0 + i, DP, mi, NSL) * sig_i
+    xs_j = _sliced(g1 + SL0 + j, DP, mj, NSL) * sig_j
 
     gi = g_ptr + i.to(tl.int64)[:, None] * ldg + j[None, :]
     ctc = tl.load(gi, mask=m2, other=0).to(tl.float64)
     ctc += ks_i[:, None] * b_j[None, :] + b_i[:, None] * ks_j[None, :] \
         + nr * b_i[:, None] * b_j[None, :]
-    kx = tl.zeros([BT, BT], tl.float64)
-    w = 1.0
-    for t in tl.static_range(NSL):
-        kx += w * tl.load(gi + SL0 + t * DP, mask=m2, other=0).to(tl.float64)
-        w = w * 0.0078125
+    kx = _sliced(gi + SL0, DP, m2, NSL)
     ctx = kx * sig_j[None, :] + b_i[:, None] * xs_j[None, :]
     cs_i = ks_i + nr * b_i
     if MASK_ROWS:
@@ -201,11 +194,7 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
         ctc += zf_i[:, None] * zf_j[None, :] * mm \
             - zf_j[None, :] * (km + b_i[:, None] * ms_j[None, :]) \
             - zf_i[:, None] * (mk + b_j[None, :] * ms_i[:, None])
-        mx = tl.zeros([BT, BT], tl.float64)
-        w = 1.0
-        for t in tl.static_range(NSL):
-            mx += w * tl.load(gm + SL0 + t * DP, mask=m2, other=0).to(tl.float64)
-            w = w * 0.0078125
+        mx = _sliced(gm + SL0, DP, m2, NSL)
         ctx -= zf_i[:, None] * mx * sig_j[None, :]
         cs_i -= zf_i * ms_i
     bad = bad_i[:, None] + bad_j[None, :]  # NaN in a row or column of non-finite X
@@ -271,11 +260,7 @@ def prime(zeros) -> None:
 
 
 def _params(scale, zero, d: int, device):
-    s_t, s_stride = gram._param(scale, d, device)
-    z_t, z_stride = gram._param(0.0 if zero is None else zero, d, device)
-    if s_stride != z_stride:
-        s_t, z_t = s_t.expand(d).contiguous(), z_t.expand(d).contiguous()
-        s_stride = 1
+    s_t, z_t, s_stride = gram.quant_params(scale, zero, d, device)
     if zero is None:
         integer_z = True
     elif isinstance(zero, torch.Tensor):
