@@ -32,7 +32,7 @@ from erq.modules import weighted_layers
 from erq.pipeline import QuantConfig, quantize
 
 ENV = "ERQ_KERNELS_BACKEND"
-QUANT_OPS = ("gram_update", "ridge_solve", "inverse_cholesky_upper", "rounding_refine")
+QUANT_OPS = ("gram_update_exact", "ridge_solve", "inverse_cholesky_upper", "rounding_refine")
 EVAL_OPS = ("fake_quant_linear", "fake_quant_matmul")
 MODEL = "vit_tiny_patch16_224"
 CKPT = "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
@@ -134,6 +134,8 @@ def main(argv=None):
     p.add_argument("--spread", type=int, default=0, metavar="K",
                    help="also: the reference backend with the calibration images in K random "
                         "orders (first seed): how far float summation order alone moves top-1")
+    p.add_argument("--fast-linalg", action="store_true",
+                   help="also: the default backend with QuantConfig(fast_linalg=True) (first seed)")
     p.add_argument("--eval-batch", type=int, default=250)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -173,6 +175,8 @@ def main(argv=None):
             # the reference backend with the calibration images in reverse order: the same
             # statistics up to the order of fp32 sums
             settings.append(("reference-reversed-images", "reference", {}))
+        if args.fast_linalg and si == 0:
+            settings.append(("default-fast-linalg", "auto", {}))
         if args.per_op and si == 0:
             settings += [(f"ref+{op}", "reference", {op: "auto"}) for op in QUANT_OPS]
         if args.spread and si == 0:
@@ -188,7 +192,10 @@ def main(argv=None):
                     order = torch.randperm(len(calib_x), generator=torch.Generator().manual_seed(
                         int(name.rsplit("-", 1)[1])))
                     images = calib_x[order]
-                model, _ = quantize(model, [images], cfg, device)
+                run_cfg = cfg
+                if name == "default-fast-linalg":
+                    run_cfg = QuantConfig(**{**cfg.__dict__, "fast_linalg": True})
+                model, _ = quantize(model, [images], run_cfg, device)
                 torch.cuda.synchronize() if device.type == "cuda" else None
                 t = time.perf_counter() - t
             evals = ["reference"] if name.startswith("reference-order-") else ["reference", "default"]

@@ -7,6 +7,8 @@ halving ``n//2, ...`` down to 1, 100 steps) the Triton kernel against the eager 
 (``reference.rounding_refine``) on the same inputs in the same run; Delta is compared exactly.
 Gram statistics: ``N`` = 32 x 197 and 512 x 197 tokens, ``D`` in 192, 384, 768, 1280, against
 ``reference.gram_update`` (quantize, concatenate, two IEEE fp32 matmuls); errors against fp64.
+The exact statistics (``gram_update(exact=True)``, what the pipeline uses): the int8 path
+against its definition ``gram_exact.gram_update`` (fp64 products in torch), bits compared.
 Writes ``DIR/rounding.json`` and ``DIR/gram.json``; ``--write-dispatch`` (or ``--from-json DIR``
 without a GPU) records the winner per shape in ``erq_kernels/dispatch_table.json``.
 """
@@ -258,9 +260,36 @@ def bench_gram(meta, records, args):
                       f"{r_ms / k_ms:8.2f}x {fl / k_ms / 1e9:8.1f} {gbs:7.0f} {e_a:9.1e} "
                       f"{e_x:9.1e} {e_t:9.1e}", flush=True)
                 del bufs
+            if mode != "none":
+                bench_exact(x, scale, zero, qmax, ra, rx, r_ms, fl, n_tok, d, mode, meta,
+                            records, args)
             del rbufs, ra, rx
         del x
         torch.cuda.empty_cache()
+
+
+def bench_exact(x, scale, zero, qmax, ra, rx, r_ms, fl, n_tok, d, mode, meta, records, args):
+    """``gram_update(exact=True)``: its definition (torch, fp64 products) against the int8
+    path, which must give the same bits."""
+    from erq_kernels import gram_exact, gram_int8
+    ebufs = [torch.zeros(d + 1, d + 1, device=DEV), torch.zeros(d + 1, d + 1, device=DEV),
+             torch.zeros(d + 1, device=DEV)]
+    ibufs = [torch.zeros_like(b) for b in ebufs]
+    gram_exact.gram_update(x, *ebufs, scale, zero, qmax)
+    gram_int8.gram_update_exact(x, *ibufs, scale, zero, qmax)
+    same = all(torch.equal(a, b) for a, b in zip(ebufs, ibufs))
+    e_a, e_x = rel(ibufs[0], ra), rel(ibufs[1], rx)
+    e_ms = bench_ms(lambda: gram_exact.gram_update(x, *ebufs, scale, zero, qmax), args.rep)
+    i_ms = bench_ms(lambda: gram_int8.gram_update_exact(x, *ibufs, scale, zero, qmax), args.rep)
+    records.append({"op": "gram_update_exact", "shape": f"{n_tok}x{d}", "batch": n_tok,
+                    "n": d + 1, "quant": mode, "backend": "int8", "ms": i_ms,
+                    "exact_reference_ms": e_ms, "eager_ms": r_ms,
+                    "speedup_vs_exact_reference": e_ms / i_ms, "speedup": r_ms / i_ms,
+                    "tflops_nominal": fl / i_ms / 1e9, "max_error": max(e_a, e_x),
+                    "bit_identical": same, **meta})
+    print(f"{n_tok:7d} {d:5d} {mode:7s} {'exact':7s} {i_ms:9.3f} {r_ms:9.3f} {r_ms / i_ms:8.2f}x "
+          f"  exact reference {e_ms:8.3f} ms ({e_ms / i_ms:.1f}x), same bits: {same}", flush=True)
+    del ebufs, ibufs
 
 
 def tune_gram(args):
@@ -296,16 +325,18 @@ def write_dispatch(rounding_recs, gram_recs):
     """Winner per measured shape for rounding_refine and gram_update (other ops untouched)."""
     path = ROOT / "erq_kernels" / "dispatch_table.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    for op, recs in (("rounding_refine", rounding_recs), ("gram_update", gram_recs)):
+    for op, recs in (("rounding_refine", rounding_recs), ("gram_update", gram_recs),
+                     ("gram_update_exact", gram_recs)):
         entries = {}
         for r in recs:
             if r.get("op") != op or r.get("n") is None:
                 continue
-            if op == "gram_update" and r.get("quant") != "tensor":
+            if op.startswith("gram_update") and r.get("quant") != "tensor":
                 continue
+            ref_ms = r["exact_reference_ms"] if op == "gram_update_exact" else r["eager_ms"]
             e = entries.setdefault((r["batch"], r["n"]), {
                 "batch": r["batch"], "n": r["n"], "nrhs": None,
-                "ms": {"reference": round(r["eager_ms"], 4)}})
+                "ms": {"reference": round(ref_ms, 4)}})
             e["ms"][r.get("backend", "triton")] = round(r["ms"], 4)
         for e in entries.values():
             e["backend"] = min(e["ms"], key=e["ms"].get)

@@ -92,7 +92,8 @@ def cmd_quantize(args) -> dict:
         method=args.method, w_bits=args.w_bits, a_bits=args.a_bits, calib_mode=args.calib_mode,
         lam=args.lam, lam_rel=args.lam_rel, dual=not args.no_dual, reparam=not args.no_reparam,
         rounding_steps=args.rounding_steps, act_calib_images=min(args.act_calib, args.num_calib),
-        batch_size=args.batch_size, gptq_act_order=args.act_order, progress=not args.quiet,
+        batch_size=args.batch_size, gptq_act_order=args.act_order,
+        fast_linalg=args.fast_linalg, progress=not args.quiet,
     ).validate()
     phases = {}
     t0 = time.perf_counter()
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--act-calib", type=int, default=32, help="images for activation calibration")
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--act-order", action="store_true", help="GPTQ: activation order")
+    q.add_argument("--fast-linalg", action="store_true",
+                   help="Triton linear algebra where it wins (on CUDA); the quantized weights then "
+                        "differ from the reference backend's in the last bits")
     q.add_argument("--skip-fp", action="store_true", help="do not evaluate the FP model")
     q.add_argument("--save", default=None, help="write the quantized model (safetensors)")
     q.set_defaults(func=cmd_quantize)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import erq_kernels
 from .aqer import aqer
 from .gptq import gptq
 from .modules import QuantConv2d, QuantLinear, activation_quantizers, set_quant_state, weighted_layers
@@ -44,6 +45,11 @@ class QuantConfig:
     gptq_blocksize: int = 128
     gptq_percdamp: float = 0.01
     gptq_act_order: bool = False
+    # Triton linear algebra where the dispatch table says it wins. Off by default: its sums run
+    # in another order than torch.linalg's, and ulp differences change ~3e-5 of the rounding
+    # decisions and a W4A4 ViT-Ti's top-1 by points (benchmarks/RESULTS.md section 2); with it
+    # off, every backend gives the reference's quantized weights bit for bit.
+    fast_linalg: bool = False
     progress: bool = True
 
     def validate(self) -> "QuantConfig":
@@ -150,6 +156,12 @@ def quantize(model: nn.Module, calib_loader, config: QuantConfig | None = None, 
         ``(quantized model, Report)``: weights on their grids, activation quantization on.
     """
     config = (config or QuantConfig()).validate()
+    pins = {} if config.fast_linalg else {op: "reference" for op in erq_kernels.LINALG_OPS}
+    with erq_kernels.prefer(pins):
+        return _quantize(model, calib_loader, config, device)
+
+
+def _quantize(model, calib_loader, config, device):
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     report = Report(config=asdict(config))

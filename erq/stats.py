@@ -2,7 +2,9 @@
 
 For every linear layer (and the patch embedding, on its im2col rows) one pass accumulates
 ``A^T A``, ``A^T X~``, the column sums of ``A`` and ``sum ||Y||^2`` (``A = [Q_a(X), 1]``,
-``X~ = [X, 1]``, ``Y`` the layer's FP output) through :func:`erq_kernels.gram_update`.
+``X~ = [X, 1]``, ``Y`` the layer's FP output) through :func:`erq_kernels.gram_update` with
+``exact=True``: exact integer products of the quantization codes, which every backend gives to
+the same bits (a W4A4 model is chaotic at the ulp level; see :mod:`erq_kernels.gram_exact`).
 Nothing else is kept: memory is ``O((D+1)^2)`` per layer, whatever the number of images.
 """
 from __future__ import annotations
@@ -82,7 +84,7 @@ def collect_stats(model: nn.Module, layers: dict[str, nn.Module], batches, devic
         def hook(mod, inputs, output, name=name, st=st):
             x = layer_rows(mod, inputs[0])
             s, z, qmax = input_quant_params(mod)
-            erq_kernels.gram_update(x, st.ata, st.atx, st.colsum, s, z, qmax)
+            erq_kernels.gram_update(x, st.ata, st.atx, st.colsum, s, z, qmax, exact=True)
             st.tokens += x.shape[0]
             st.yy += output.float().pow(2).sum(dtype=torch.float64)  # squares in fp32, sum in fp64
             if name == stop_after:

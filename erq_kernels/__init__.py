@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch, reference
-from ._dispatch import choose as backend_for
+from . import _dispatch, gram_exact, reference
+from ._dispatch import choose as backend_for, prefer
 
 __all__ = [
     "cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
     "inverse_cholesky_upper", "gram_update", "gram_prepare", "fake_quant", "fake_quant_log2",
-    "fake_quant_linear", "fake_quant_matmul", "rounding_refine", "backend_for", "reference",
+    "fake_quant_linear", "fake_quant_matmul", "rounding_refine", "backend_for", "prefer", "reference", "LINALG_OPS",
     "HAS_TRITON",
 ]
 
@@ -26,6 +26,7 @@ for _name in ("cholesky", "solve_triangular", "triangular_inverse", "ridge_solve
               "inverse_cholesky_upper", "gram_update", "fake_quant_linear", "fake_quant_matmul",
               "rounding_refine"):
     _dispatch.register(_name, "reference", getattr(reference, _name))
+_dispatch.register("gram_update_exact", "reference", gram_exact.gram_update)
 
 try:  # Triton kernels register themselves; a missing or broken Triton leaves the references.
     import triton  # noqa: F401
@@ -35,6 +36,9 @@ except Exception:  # pragma: no cover - depends on the environment
 
 if HAS_TRITON:
     from . import _triton_ops  # noqa: F401  (imports every kernel module, which register)
+
+LINALG_OPS = ("cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
+              "inverse_cholesky_upper")
 
 fake_quant = reference.fake_quant
 fake_quant_log2 = reference.fake_quant_log2
@@ -89,11 +93,17 @@ def inverse_cholesky_upper(g, lam=None):
     return _dispatch.implementation("inverse_cholesky_upper", g.device, _key(g))(g, lam)
 
 
-def gram_update(x, ata, atx, colsum, scale=None, zero=None, qmax=None):
-    """Accumulate ``A^T A``, ``A^T X~`` and ``sum A`` in place. See :func:`reference.gram_update`."""
+def gram_update(x, ata, atx, colsum, scale=None, zero=None, qmax=None, *, exact=False):
+    """Accumulate ``A^T A``, ``A^T X~`` and ``sum A`` in place. See :func:`reference.gram_update`.
+
+    ``exact=True``: the statistics of :func:`gram_exact.gram_update` instead (exact integer
+    products of the quantization codes, rounded once per chunk), which every backend computes
+    to the same bits (op ``gram_update_exact``: the reference, or the int8 tensor-core path
+    on CUDA), so that a fast backend cannot change a quantized model through its statistics."""
     if x.dim() != 2 or ata.shape != (x.shape[1] + 1, x.shape[1] + 1):
         raise ValueError(f"x {tuple(x.shape)} does not match ata {tuple(ata.shape)}")
-    fn = _dispatch.implementation("gram_update", x.device, {"n": x.shape[1] + 1, "batch": x.shape[0]})
+    op = "gram_update_exact" if exact else "gram_update"
+    fn = _dispatch.implementation(op, x.device, {"n": x.shape[1] + 1, "batch": x.shape[0]})
     return fn(x, ata, atx, colsum, scale, zero, qmax)
 
 

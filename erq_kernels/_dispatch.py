@@ -2,6 +2,8 @@
 
 Rules, in order:
 
+0. (Below the environment, above the table:) a preference set by :func:`prefer` for the
+   duration of a ``with`` block, e.g. the ERQ pipeline's reference linear algebra.
 1. ``ERQ_KERNELS_BACKEND_<OP>`` (e.g. ``ERQ_KERNELS_BACKEND_GRAM_UPDATE``), then
    ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` | ``int8`` | ``auto``
    forces a backend for that op / every op that has it (``torch_loop``: the linear algebra;
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +29,7 @@ _TABLE_PATH = Path(__file__).with_name("dispatch_table.json")
 _IMPLS: dict[str, dict[str, Callable]] = {}
 _TABLE: dict | None = None
 _WINNERS: dict[tuple, str | None] = {}
+_PREFERRED: dict[str, str] = {}
 
 
 def register(op: str, backend: str, fn: Callable) -> None:
@@ -76,6 +80,9 @@ def choose(op: str, device, key: dict | None = None) -> str:
             raise ValueError(f"{ENV}={forced!r}: expected auto, reference, triton, torch_loop "
                              "or int8")
         return "reference"  # op has no such backend: the reference defines it
+    preferred = _PREFERRED.get(op)
+    if preferred is not None and (preferred == "reference" or preferred in impls):
+        return preferred
     if getattr(device, "type", str(device)) != "cuda" or "triton" not in impls:
         return "reference"
     ck = (op, tuple(sorted((key or {}).items())))
@@ -85,6 +92,20 @@ def choose(op: str, device, key: dict | None = None) -> str:
     if winner is not None and (winner == "reference" or winner in impls):
         return winner
     return "reference" if _table().get(op) else "triton"
+
+
+@contextmanager
+def prefer(backends: dict[str, str]):
+    """Within the block, run each ``op`` of ``backends`` on the named backend (where it has
+    one) instead of the table's choice; the ``ERQ_KERNELS_BACKEND*`` variables still win.
+    Not thread-safe: one preference set at a time per process."""
+    saved = dict(_PREFERRED)
+    _PREFERRED.update({op: b.strip().lower() for op, b in backends.items()})
+    try:
+        yield
+    finally:
+        _PREFERRED.clear()
+        _PREFERRED.update(saved)
 
 
 def implementation(op: str, device, key: dict | None = None) -> Callable:

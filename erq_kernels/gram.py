@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
+from .gram_exact import quant_params
 
 __all__ = ["gram_update"]
 
@@ -144,29 +145,6 @@ def _pairs(t: int, device: torch.device) -> torch.Tensor:
         p = [(i, j) for i in range(t) for j in range(i + 1)]
         _PAIRS[key] = torch.tensor(p, dtype=torch.int32, device=device).reshape(-1)
     return _PAIRS[key]
-
-
-def _param(v, d: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """A quantizer parameter as an fp32 device tensor and its stride over channels (0 or 1)."""
-    if isinstance(v, torch.Tensor):
-        t = v.detach().to(device=device, dtype=torch.float32).reshape(-1)
-        if t.numel() == 1:
-            return t, 0
-        if t.numel() == d:
-            return t.contiguous(), 1
-        raise ValueError(f"quantizer parameter of {t.numel()} values for D = {d}")
-    return torch.full((1,), float(v), dtype=torch.float32, device=device), 0
-
-
-def quant_params(scale, zero, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(scale, zero, stride)`` as fp32 device tensors sharing one stride over channels (0 for
-    per-tensor, 1 for per-channel; a per-tensor one beside a per-channel one is expanded)."""
-    s_t, s_stride = _param(scale, d, device)
-    z_t, z_stride = _param(0.0 if zero is None else zero, d, device)
-    if s_stride != z_stride:
-        s_t, z_t = s_t.expand(d).contiguous(), z_t.expand(d).contiguous()
-        s_stride = 1
-    return s_t, z_t, s_stride
 
 
 def _num_sms(device: torch.device) -> int:

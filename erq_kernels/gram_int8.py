@@ -35,16 +35,17 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _dispatch, gram, reference
+from . import _dispatch, gram, gram_exact, reference
+from .gram_exact import ALIGN as _ALIGN, N_SLICES, WORKSPACE_BYTES, max_chunk_rows  # noqa: F401
 
-__all__ = ["gram_update", "prime", "max_chunk_rows", "N_SLICES"]
+__all__ = ["gram_update", "gram_update_exact", "prime", "max_chunk_rows", "N_SLICES"]
 
-WORKSPACE_BYTES = 1 << 29  # int8 planes of one chunk of rows
 PRODUCT_BYTES = 1 << 31  # the int32 products of one chunk (D = 5120: 0.5 GiB, 1.2 GiB with m)
-N_SLICES = 4
-_ALIGN = 16  # torch._int_mm wants dimensions that are multiples of 8; 16 also keeps rows aligned
 
 _rint = gram.rint
+# FMA contraction would change roundings of the fp64 combination (products with a fractional
+# zero point are not exact): every operation is rounded on its own, as in gram_exact._combine
+_NO_FMA = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -221,10 +222,6 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
             tl.store(cs_ptr + D, tl.load(cs_ptr + D) + cnt)
 
 
-def _ceil_to(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
-
-
 _ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)
 
 
@@ -260,7 +257,7 @@ def prime(zeros) -> None:
 
 
 def _params(scale, zero, d: int, device):
-    s_t, z_t, s_stride = gram.quant_params(scale, zero, d, device)
+    s_t, z_t, s_stride = gram_exact.quant_params(scale, zero, d, device)
     if zero is None:
         integer_z = True
     elif isinstance(zero, torch.Tensor):
@@ -268,16 +265,6 @@ def _params(scale, zero, d: int, device):
     else:
         integer_z = float(zero) == round(float(zero))
     return s_t, z_t, s_stride, integer_z
-
-
-def max_chunk_rows(qmax: int, d: int, planes: int) -> int:
-    """Rows per chunk: no int32 product sum may overflow (every plane entry is at most 128 in
-    magnitude, ``K`` at most ``qmax + 1 - off``), and the planes stay within
-    :data:`WORKSPACE_BYTES`."""
-    k_max = max((qmax + 1) // 2, qmax - (qmax + 1) // 2)
-    exact = (2 ** 31 - 1) // (max(k_max, 1) * 128)
-    memory = WORKSPACE_BYTES // (planes * _ceil_to(d, _ALIGN) + _ALIGN)
-    return max(_ALIGN, min(exact, memory) // _ALIGN * _ALIGN)
 
 
 def supported(x: torch.Tensor, ata, atx, colsum, scale, qmax) -> bool:
@@ -290,7 +277,7 @@ def supported(x: torch.Tensor, ata, atx, colsum, scale, qmax) -> bool:
 
 def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: torch.Tensor,
                 scale=None, zero=None, qmax: int | None = None, *, chunk_rows: int | None = None,
-                n_slices: int = N_SLICES) -> None:
+                n_slices: int = N_SLICES, exact: bool = False) -> None:
     """Accumulate ``A^T A``, ``A^T X~`` and ``sum A`` in place from int8 products.
 
     Args:
@@ -301,6 +288,9 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
             accumulators) the call goes to :func:`erq_kernels.gram.gram_update`.
         chunk_rows: rows per int8 workspace (default and upper bound :func:`max_chunk_rows`).
         n_slices: int8 slices of ``X`` (4 hold fp32 to ``2^-22`` of each column's maximum).
+        exact: the calls this path does not take go to :func:`gram_exact.gram_update` (whose
+            bits this path reproduces) instead of the fp32 kernels; see
+            :func:`gram_update_exact`.
     Workspace: at most :data:`WORKSPACE_BYTES` of int8 planes plus the int32 products
     (``~4 (2 + n_slices) D^2`` bytes with a fractional zero point, ``~4 (1 + n_slices) D^2``
     without); above :data:`PRODUCT_BYTES` the call goes to the reference (cuBLAS fp32).
@@ -310,7 +300,8 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     there).
     """
     if not supported(x, ata, atx, colsum, scale, qmax):
-        return gram.gram_update(x, ata, atx, colsum, scale, zero, qmax)
+        fallback = gram_exact.gram_update if exact else gram.gram_update
+        return fallback(x, ata, atx, colsum, scale, zero, qmax)
     n, d = x.shape
     if n == 0:
         return None
@@ -321,7 +312,7 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     qmax = int(qmax)
     off = (qmax + 1) // 2
     planes_k = 1 if integer_z else 2
-    dp = _ceil_to(d, _ALIGN)
+    dp = gram_exact.ceil_to(d, _ALIGN)
     chunk = max_chunk_rows(qmax, d, planes_k + n_slices)
     if chunk_rows:
         chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
@@ -329,24 +320,36 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     planes = planes_k + n_slices
     lk = planes_k * dp + _ALIGN  # rows of the left operand: K (, m) and the ones block
     if lk * (planes * dp + _ALIGN) * 4 > PRODUCT_BYTES:
-        # the int32 product matrix would not fit the budget: cuBLAS fp32 (the reference) instead
-        return reference.gram_update(x, ata, atx, colsum, scale, zero, qmax)
+        # the int32 product matrix would not fit the budget: the reference instead
+        fallback = gram_exact.gram_update if exact else reference.gram_update
+        return fallback(x, ata, atx, colsum, scale, zero, qmax, **(
+            {"chunk_rows": chunk_rows, "n_slices": n_slices} if exact else {}))
     lo, hi = (t.float().contiguous() for t in torch.aminmax(x, dim=0))  # -> column scales of X
     for r0 in range(0, n, chunk):
         rows = min(chunk, n - r0)
-        np_ = _ceil_to(rows, _ALIGN)
+        np_ = gram_exact.ceil_to(rows, _ALIGN)
         buf = torch.empty((planes * dp + _ALIGN, np_), dtype=torch.int8, device=dev)
         _codes_kernel[(triton.cdiv(np_, 64), triton.cdiv(dp, 32))](
             x[r0:r0 + rows], s_t, z_t, lo, hi, buf, rows, d, np_, dp, x.stride(0), s_stride,
             float(qmax), float(off), MASK_ROWS=not integer_z, NSL=n_slices, BR=64, BC=32,
-            num_warps=4)
+            num_warps=4, **_NO_FMA)
         g = torch._int_mm(buf[:lk], buf.T)  # exact int32 sums of products
         del buf
         _combine_kernel[(triton.cdiv(d, 32), triton.cdiv(d, 32))](
             g, g.stride(0), ata, atx, colsum, d + 1, s_t, z_t, lo, hi, s_stride, float(off), d,
-            dp, planes_k * dp, lk, MASK_ROWS=not integer_z, NSL=n_slices, BT=32, num_warps=4)
+            dp, planes_k * dp, lk, MASK_ROWS=not integer_z, NSL=n_slices, BT=32, num_warps=4,
+            **_NO_FMA)
         del g
     return None
 
 
+def gram_update_exact(x, ata, atx, colsum, scale=None, zero=None, qmax=None, **kw) -> None:
+    """:func:`erq_kernels.gram_exact.gram_update` (the definition) computed on int8 tensor
+    cores: the same bits, as ``tests/test_kernels_gram_exact.py`` checks. Calls without an
+    integer form run the definition itself."""
+    return gram_update(x, ata, atx, colsum, scale, zero, qmax, exact=True, **kw)
+
+
 _dispatch.register("gram_update", "int8", gram_update)
+for _name in ("triton", "int8"):
+    _dispatch.register("gram_update_exact", _name, gram_update_exact)

@@ -1,0 +1,182 @@
+"""Exact Gram statistics (erq_kernels.gram_exact) and their int8 backend: the same bits.
+
+The definition is accurate (fp64 references), and the int8 tensor-core path reproduces it
+bit for bit (codes under TRITON_INTERPRET=1 on the CPU, ``torch._int_mm`` on the CPU), for
+every quantizer form, chunked or not; the pipeline therefore gives the same quantized model
+in every backend.
+"""
+import pytest
+import torch
+
+import erq_kernels
+from erq_kernels import _dispatch, gram_exact
+from helpers import gram_ref64, images, rel_err, tiny_model
+
+gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
+
+
+def _bufs(d, dtype=torch.float32, device="cpu"):
+    return [torch.zeros(d + 1, d + 1, dtype=dtype, device=device),
+            torch.zeros(d + 1, d + 1, dtype=dtype, device=device),
+            torch.zeros(d + 1, dtype=dtype, device=device)]
+
+
+def _quantizer(mode, d, gen, device="cpu"):
+    if mode == "tensor":  # fractional zero point (after reparameterization): the m products
+        return 0.05 + 0.1 * torch.rand(1, generator=gen).item(), 7.3, 15
+    if mode == "tensor_int":
+        return torch.tensor(0.0731, device=device), torch.tensor(6.0, device=device), 15
+    if mode == "channel":
+        return ((0.02 + 0.1 * torch.rand(d, generator=gen)).to(device),
+                (15 * torch.rand(d, generator=gen)).to(device), 15)
+    if mode == "zero_out_of_range":
+        return 0.1, 20.5, 15
+    if mode == "eight_bit":
+        return 0.02, 127.6, 255
+    if mode == "three_bit":
+        return 0.4, 3.0, 7
+    raise ValueError(mode)
+
+
+def _input(n, d, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    x = 2.0 * torch.randn(n, d, generator=gen) + 0.3
+    x[::7, ::5] *= 40.0  # outliers: the digits are relative to each column's maximum
+    return x.to(device), gen
+
+
+CASES = [(5, 20, "tensor"), (77, 31, "tensor"), (77, 31, "tensor_int"), (203, 191, "channel"),
+         (45, 33, "zero_out_of_range"), (300, 24, "eight_bit"), (61, 19, "three_bit")]
+
+
+@pytest.mark.parametrize("n,d,mode", CASES)
+def test_definition_matches_fp64(n, d, mode):
+    x, gen = _input(n, d, n + d)
+    s, z, qmax = _quantizer(mode, d, gen)
+    bufs = _bufs(d)
+    gram_exact.gram_update(x, *bufs, s, z, qmax)
+    for got, ref in zip(bufs, gram_ref64(x, s, z, qmax)):
+        assert rel_err(got, ref) < 1e-6
+    assert bufs[2][d].item() == n
+
+
+@pytest.mark.parametrize("n,d,mode", CASES)
+@pytest.mark.parametrize("chunk", [None, 32])
+def test_int8_path_gives_the_same_bits(n, d, mode, chunk):
+    x, gen = _input(n, d, 7 * n + d)
+    s, z, qmax = _quantizer(mode, d, gen)
+    ref, got = _bufs(d), _bufs(d)
+    for b in ref + got:  # accumulate onto earlier statistics, as a calibration pass does
+        b += 0.25
+    gram_exact.gram_update(x, *ref, s, z, qmax, chunk_rows=chunk)
+    gram_int8.gram_update_exact(x, *got, s, z, qmax, chunk_rows=chunk)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+
+
+def test_int8_path_same_bits_for_bf16_input_and_through_the_dispatcher(monkeypatch):
+    x, gen = _input(90, 40, 3)
+    x = x.bfloat16()
+    s, z, qmax = _quantizer("tensor", 40, gen)
+    ref, got = _bufs(40), _bufs(40)
+    gram_exact.gram_update(x, *ref, s, z, qmax)
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_GRAM_UPDATE_EXACT", "int8")
+    assert erq_kernels.backend_for("gram_update_exact", torch.device("cpu")) == "int8"
+    erq_kernels.gram_update(x, *got, s, z, qmax, exact=True)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["no_quantizer", "ten_bit", "fp64_buffers"])
+def test_forms_without_int8_products_run_the_definition(case):
+    x, _ = _input(50, 17, 11)
+    s, z, qmax = (None, None, None) if case == "no_quantizer" else (0.05, 3.5, 1023 if case == "ten_bit" else 15)
+    dtype = torch.float64 if case == "fp64_buffers" else torch.float32
+    ref, got = _bufs(17, dtype), _bufs(17, dtype)
+    gram_exact.gram_update(x, *ref, s, z, qmax)
+    gram_int8.gram_update_exact(x, *got, s, z, qmax)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    for a, r in zip(ref, gram_ref64(x, s, z, qmax)):
+        assert rel_err(a, r) < 1e-6
+
+
+def test_row_order_does_not_change_a_bit():
+    # the products are exact integers, so any order of the rows (within one chunk) gives the
+    # same statistics; fp32 sums (the eager path) would not
+    x, gen = _input(400, 29, 5)
+    s, z, qmax = _quantizer("tensor", 29, gen)
+    a, b = _bufs(29), _bufs(29)
+    gram_exact.gram_update(x, *a, s, z, qmax)
+    gram_exact.gram_update(x[torch.randperm(400, generator=gen)], *b, s, z, qmax)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    e, f = _bufs(29), _bufs(29)
+    erq_kernels.reference.gram_update(x, *e, s, z, qmax)
+    erq_kernels.reference.gram_update(x.flip(0), *f, s, z, qmax)
+    assert not torch.equal(e[0], f[0])  # the check above is not vacuous
+
+
+def test_non_finite_input_poisons_the_exact_statistics():
+    x, gen = _input(40, 9, 2)
+    x[3, 4] = float("inf")
+    bufs = _bufs(9)
+    gram_exact.gram_update(x, *bufs, 0.1, 7.5, 15)
+    assert not bool(torch.isfinite(bufs[0]).all()) and not bool(torch.isfinite(bufs[1]).all())
+
+
+def test_prefer_sits_between_the_environment_and_the_table(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ERQ_KERNELS_BACKEND", raising=False)
+    monkeypatch.delenv("ERQ_KERNELS_BACKEND_RIDGE_SOLVE", raising=False)
+    assert erq_kernels.backend_for("ridge_solve", cpu) == "reference"
+    with erq_kernels.prefer({"ridge_solve": "triton"}):
+        assert erq_kernels.backend_for("ridge_solve", cpu) == "triton"
+        monkeypatch.setenv("ERQ_KERNELS_BACKEND_RIDGE_SOLVE", "reference")
+        assert erq_kernels.backend_for("ridge_solve", cpu) == "reference"
+        monkeypatch.delenv("ERQ_KERNELS_BACKEND_RIDGE_SOLVE")
+        with erq_kernels.prefer({"ridge_solve": "reference"}):
+            assert erq_kernels.backend_for("ridge_solve", cpu) == "reference"
+        assert erq_kernels.backend_for("ridge_solve", cpu) == "triton"
+    assert erq_kernels.backend_for("ridge_solve", cpu) == "reference"
+    assert not _dispatch._PREFERRED
+
+
+def _quantized_weights(monkeypatch, gram_backend, fast_linalg=False):
+    from erq.pipeline import QuantConfig, quantize
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_GRAM_UPDATE_EXACT", gram_backend)
+    model = tiny_model("vit", seed=3)
+    cfg = QuantConfig(w_bits=4, a_bits=4, progress=False, rounding_steps=20,
+                      fast_linalg=fast_linalg)
+    model, _ = quantize(model, [images(model, 4, seed=1)], cfg, "cpu")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pipeline_gives_the_same_model_with_the_int8_statistics(monkeypatch):
+    ref = _quantized_weights(monkeypatch, "reference")
+    got = _quantized_weights(monkeypatch, "int8")
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,d,mode,chunk", [
+    (6304, 192, "tensor", None), (6304, 768, "tensor_int", None), (6304, 384, "channel", None),
+    (20000, 768, "tensor", 4096), (8224, 1280, "eight_bit", None), (1000, 5120, "tensor", None)])
+def test_gpu_int8_path_gives_the_same_bits(n, d, mode, chunk):
+    x, gen = _input(n, d, n + d, "cuda")
+    s, z, qmax = _quantizer(mode, d, gen, "cuda")
+    ref, got = _bufs(d, device="cuda"), _bufs(d, device="cuda")
+    gram_exact.gram_update(x, *ref, s, z, qmax, chunk_rows=chunk)
+    gram_int8.gram_update_exact(x, *got, s, z, qmax, chunk_rows=chunk)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    if d > 2000:
+        return
+    # and the CPU computes the same bits as the GPU
+    cpu = _bufs(d)
+    gram_exact.gram_update(x.cpu(), *cpu, s.cpu() if torch.is_tensor(s) else s,
+                           z.cpu() if torch.is_tensor(z) else z, qmax, chunk_rows=chunk)
+    for a, b in zip(cpu, ref):
+        assert torch.equal(a, b.cpu())
