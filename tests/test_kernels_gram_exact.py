@@ -180,3 +180,19 @@ def test_gpu_int8_path_gives_the_same_bits(n, d, mode, chunk):
                            z.cpu() if torch.is_tensor(z) else z, qmax, chunk_rows=chunk)
     for a, b in zip(cpu, ref):
         assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_pipeline_pins_its_linear_algebra_unless_asked(monkeypatch, fast):
+    seen = []
+    original = erq_kernels.ridge_solve
+
+    def spy(*a, **kw):
+        seen.append(dict(_dispatch._PREFERRED))
+        return original(*a, **kw)
+    monkeypatch.setattr(erq_kernels, "ridge_solve", spy)
+    _quantized_weights(monkeypatch, "reference", fast_linalg=fast)
+    assert seen, "Aqer did not reach erq_kernels.ridge_solve"
+    want = {} if fast else {op: "reference" for op in erq_kernels.LINALG_OPS}
+    assert all(s == want for s in seen)
+    assert not _dispatch._PREFERRED  # restored after quantize()
