@@ -123,7 +123,33 @@ def table(records) -> str:
             lines.append(f"\n{model}, {n} images: median total {backend} {v:.2f} s over "
                          f"{len(totals[(model, n, backend)])} runs, reference {ref:.2f} s: "
                          f"{ref / v:.1f}x")
+    lines += growth(med)
     return "\n".join(lines)
+
+
+def growth(med: dict) -> list[str]:
+    """How the median total grows with the model (against the first model measured) and with
+    the number of calibration images (against the fewest), per backend."""
+    lines = []
+    for backend in dict.fromkeys(b for _, _, b in med):
+        cells = {(m, n): v for (m, n, b), v in med.items() if b == backend}
+        models = list(dict.fromkeys(m for m, _ in cells))
+        counts = sorted({n for _, n in cells})
+        lines.append(f"\ngrowth, {backend}: total s (x first model) per model at each image count;"
+                     " x fewest images per model")
+        for m in models:
+            parts = []
+            for n in counts:
+                if (m, n) in cells:
+                    base = cells.get((models[0], n))
+                    parts.append(f"{n} img {cells[(m, n)]:.2f} s"
+                                 + (f" ({cells[(m, n)] / base:.1f}x)" if base else ""))
+            first = next((cells[(m, n)] for n in counts if (m, n) in cells), None)
+            last = next((cells[(m, n)] for n in reversed(counts) if (m, n) in cells), None)
+            scale = f"; {counts[-1]}/{counts[0]} images: {last / first:.1f}x" \
+                if first and len(counts) > 1 and (m, counts[-1]) in cells and (m, counts[0]) in cells else ""
+            lines.append(f"  {m}: " + ", ".join(parts) + scale)
+    return lines
 
 
 if __name__ == "__main__":

@@ -43,3 +43,19 @@ def test_missing_calibration_folder_is_a_clear_error(tmp_path, capsys):
     rc = main(["quantize", "--calib", str(tmp_path / "nope"), "--val", str(tmp_path), "--quiet",
                "--checkpoint", str(tmp_path / "missing.safetensors")])
     assert rc != 0
+
+
+def test_bench_table_reports_speed_up_and_growth():
+    from erq.bench import table
+
+    def rec(model, n, backend, total):
+        return {"model": model, "calib_images": n, "backend": backend, "total_s": total,
+                "peak_gb": 1.0, "phases": {"statistics": total / 2}}
+    recs = [rec("a", 32, "reference", 4.0), rec("a", 32, "default", 1.0),
+            rec("a", 512, "reference", 8.0), rec("a", 512, "default", 2.0),
+            rec("b", 32, "reference", 12.0), rec("b", 32, "default", 3.0),
+            rec("b", 512, "reference", 24.0), rec("b", 512, "default", 9.0)]
+    out = table(recs)
+    assert "| b | 512 | default |" in out and "| 9.00 | 1.00 | 2.7x |" in out
+    assert "b: 32 img 3.00 s (3.0x), 512 img 9.00 s (4.5x); 512/32 images: 3.0x" in out
+    assert "a: 32 img 4.00 s (1.0x), 512 img 8.00 s (1.0x); 512/32 images: 2.0x" in out
