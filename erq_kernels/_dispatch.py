@@ -7,7 +7,7 @@ Rules, in order:
 1. ``ERQ_KERNELS_BACKEND_<OP>`` (e.g. ``ERQ_KERNELS_BACKEND_GRAM_UPDATE``), then
    ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``torch_loop`` | ``int8`` | ``auto``
    forces a backend for that op / every op that has it (``torch_loop``: the linear algebra;
-   ``int8``: ``gram_update``) (``triton`` on CPU tensors needs
+   ``int8``: ``gram_update`` and ``gram_update_exact``) (``triton`` on CPU tensors needs
    ``TRITON_INTERPRET=1``; ``auto`` means the rules below).
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
