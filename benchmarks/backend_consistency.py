@@ -22,6 +22,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -192,9 +193,7 @@ def main(argv=None):
                     order = torch.randperm(len(calib_x), generator=torch.Generator().manual_seed(
                         int(name.rsplit("-", 1)[1])))
                     images = calib_x[order]
-                run_cfg = cfg
-                if name == "default-fast-linalg":
-                    run_cfg = QuantConfig(**{**cfg.__dict__, "fast_linalg": True})
+                run_cfg = replace(cfg, fast_linalg=True) if name == "default-fast-linalg" else cfg
                 model, _ = quantize(model, [images], run_cfg, device)
                 torch.cuda.synchronize() if device.type == "cuda" else None
                 t = time.perf_counter() - t

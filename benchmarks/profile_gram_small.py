@@ -7,13 +7,12 @@ an empty Triton kernel and the eager path, and the GPU time of each kernel (torc
 """
 from __future__ import annotations
 
-import time
-
 import torch
 import triton
 import triton.language as tl
 
 from erq_kernels import gram_exact, gram_int8, reference
+from profile_fakequant import per_call_us
 
 
 @triton.jit
@@ -25,17 +24,6 @@ def _empty_kernel(x_ptr, n):
 def _many_args_kernel(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r,
                       X: tl.constexpr, Y: tl.constexpr):
     pass
-
-
-def per_call_us(fn, reps=500):
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1e6
 
 
 def main(n=6304, d=192):
@@ -69,7 +57,7 @@ def main(n=6304, d=192):
             MASK_ROWS=True, NSL=4, BT=32, num_warps=4, **gram_int8._NO_FMA),
     }
     for name, fn in steps.items():
-        print(f"{name:32s} {per_call_us(fn):8.1f} us per call", flush=True)
+        print(f"{name:32s} {per_call_us(fn, 500):8.1f} us per call", flush=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
             steps["whole exact call (int8 path)"]()

@@ -144,10 +144,9 @@ def growth(med: dict) -> list[str]:
                     base = cells.get((models[0], n))
                     parts.append(f"{n} img {cells[(m, n)]:.2f} s"
                                  + (f" ({cells[(m, n)] / base:.1f}x)" if base else ""))
-            first = next((cells[(m, n)] for n in counts if (m, n) in cells), None)
-            last = next((cells[(m, n)] for n in reversed(counts) if (m, n) in cells), None)
-            scale = f"; {counts[-1]}/{counts[0]} images: {last / first:.1f}x" \
-                if first and len(counts) > 1 and (m, counts[-1]) in cells and (m, counts[0]) in cells else ""
+            few, many = (m, counts[0]), (m, counts[-1])
+            scale = (f"; {counts[-1]}/{counts[0]} images: {cells[many] / cells[few]:.1f}x"
+                     if few != many and few in cells and many in cells else "")
             lines.append(f"  {m}: " + ", ".join(parts) + scale)
     return lines
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from .reference import fake_quant
+
 __all__ = ["gram_update", "max_chunk_rows", "quant_params", "N_SLICES"]
 
 WORKSPACE_BYTES = 1 << 29  # int8 planes of one chunk of rows (the int8 backend's workspace)
@@ -167,8 +169,6 @@ def _combine(p: dict, s, z, off: float, sig, bad, ata, atx, colsum, d: int) -> N
 def _fp64_update(x, ata, atx, colsum, scale, zero, qmax) -> None:
     """Inputs with no integer form (no quantizer, ``qmax > 255``): products in fp64, rounded
     once to the accumulators' dtype. Every backend runs this same code."""
-    from .reference import fake_quant  # the reference imports this module
-
     x32 = x.float()
     ones = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)
     xt = torch.cat([x32.double(), ones], dim=1)
@@ -180,6 +180,7 @@ def _fp64_update(x, ata, atx, colsum, scale, zero, qmax) -> None:
 
 
 def has_integer_form(scale, qmax) -> bool:
+    """Whether the input quantizer gives integer codes that fit the int8 decomposition."""
     return scale is not None and qmax is not None and int(qmax) <= MAX_QMAX
 
 

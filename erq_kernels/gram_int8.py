@@ -258,18 +258,14 @@ def prime(zeros) -> None:
 
 def _params(scale, zero, d: int, device):
     s_t, z_t, s_stride = gram_exact.quant_params(scale, zero, d, device)
-    if zero is None:
-        integer_z = True
-    elif isinstance(zero, torch.Tensor):
-        integer_z = _all_integer(zero)
-    else:
-        integer_z = float(zero) == round(float(zero))
+    integer_z = (_all_integer(zero) if isinstance(zero, torch.Tensor)
+                 else gram_exact.integer_zero(zero))
     return s_t, z_t, s_stride, integer_z
 
 
 def supported(x: torch.Tensor, ata, atx, colsum, scale, qmax) -> bool:
     """Whether this path handles the call (else :func:`gram.gram_update` does)."""
-    return (scale is not None and qmax is not None and int(qmax) <= 255
+    return (gram_exact.has_integer_form(scale, qmax)
             and x.dim() == 2 and x.shape[1] > 0 and x.is_floating_point()
             and x.dtype != torch.float64
             and all(t.dtype == torch.float32 and t.is_contiguous() for t in (ata, atx, colsum)))

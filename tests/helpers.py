@@ -61,3 +61,22 @@ def gram_ref64(x, scale, zero, qmax):
 def rel_err(got, want) -> float:
     """Normwise relative error of ``got`` against the fp64 ``want``."""
     return ((got.double() - want).norm() / want.norm()).item()
+
+
+def gram_quantizer(mode: str, d: int, gen: torch.Generator, device="cpu"):
+    """``(scale, zero, qmax)`` of one input-quantizer form for the Gram tests (random values
+    drawn from ``gen`` on the CPU, tensors moved to ``device``)."""
+    if mode == "tensor":  # fractional zero point (after reparameterization): the m planes
+        return 0.05 + 0.1 * torch.rand(1, generator=gen).item(), 7.3, 15
+    if mode == "tensor_int":  # integer zero point: no m planes
+        return torch.tensor(0.0731, device=device), torch.tensor(6.0, device=device), 15
+    if mode == "channel":
+        return ((0.02 + 0.1 * torch.rand(d, generator=gen)).to(device),
+                (15 * torch.rand(d, generator=gen)).to(device), 15)
+    if mode == "zero_out_of_range":
+        return 0.1, 20.5, 15
+    if mode == "eight_bit":
+        return 0.02, 127.6, 255
+    if mode == "three_bit":
+        return 0.4, 3.0, 7
+    raise ValueError(mode)

@@ -10,7 +10,7 @@ import torch
 
 import erq_kernels
 from erq_kernels import _dispatch, gram_exact
-from helpers import gram_ref64, images, rel_err, tiny_model
+from helpers import gram_quantizer as _quantizer, gram_ref64, images, rel_err, tiny_model
 
 gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
 
@@ -19,23 +19,6 @@ def _bufs(d, dtype=torch.float32, device="cpu"):
     return [torch.zeros(d + 1, d + 1, dtype=dtype, device=device),
             torch.zeros(d + 1, d + 1, dtype=dtype, device=device),
             torch.zeros(d + 1, dtype=dtype, device=device)]
-
-
-def _quantizer(mode, d, gen, device="cpu"):
-    if mode == "tensor":  # fractional zero point (after reparameterization): the m products
-        return 0.05 + 0.1 * torch.rand(1, generator=gen).item(), 7.3, 15
-    if mode == "tensor_int":
-        return torch.tensor(0.0731, device=device), torch.tensor(6.0, device=device), 15
-    if mode == "channel":
-        return ((0.02 + 0.1 * torch.rand(d, generator=gen)).to(device),
-                (15 * torch.rand(d, generator=gen)).to(device), 15)
-    if mode == "zero_out_of_range":
-        return 0.1, 20.5, 15
-    if mode == "eight_bit":
-        return 0.02, 127.6, 255
-    if mode == "three_bit":
-        return 0.4, 3.0, 7
-    raise ValueError(mode)
 
 
 def _input(n, d, seed, device="cpu"):

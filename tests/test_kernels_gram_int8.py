@@ -8,7 +8,7 @@ import torch
 
 import erq_kernels
 from erq_kernels import reference
-from helpers import gram_ref64 as _ref64, rel_err as _rel
+from helpers import gram_quantizer as _quantizer, gram_ref64 as _ref64, rel_err as _rel
 
 gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
 gram = pytest.importorskip("erq_kernels.gram")
@@ -16,22 +16,6 @@ gram = pytest.importorskip("erq_kernels.gram")
 
 def _zeros(d):
     return torch.zeros(d + 1, d + 1), torch.zeros(d + 1, d + 1), torch.zeros(d + 1)
-
-
-def _quantizer(mode, d, gen):
-    if mode == "tensor":  # fractional zero point (after reparameterization): the m planes
-        return 0.05 + 0.1 * torch.rand(1, generator=gen).item(), 7.3, 15
-    if mode == "tensor_int":  # integer zero point: no m planes
-        return torch.tensor(0.0731), torch.tensor(6.0), 15
-    if mode == "channel":
-        return 0.02 + 0.1 * torch.rand(d, generator=gen), 15 * torch.rand(d, generator=gen), 15
-    if mode == "zero_out_of_range":
-        return 0.1, 20.5, 15
-    if mode == "eight_bit":
-        return 0.02, 127.6, 255
-    if mode == "three_bit":
-        return 0.4, 3.0, 7
-    raise ValueError(mode)
 
 
 CASES = [(5, 20, "tensor"), (77, 31, "tensor"), (77, 31, "tensor_int"), (203, 191, "channel"),
