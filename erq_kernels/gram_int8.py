@@ -49,22 +49,57 @@ _NO_FMA = {"enable_fp_fusion": False}
 
 
 @triton.jit
-def _col_exponent(lo_ptr, hi_ptr, cols, cm):
+def _exponent(amax):
     """``e_j`` with ``max |x_j| / 2^e_j <= 127`` (``ceil(log2(max |x_j| / 127))``, from the
-    fp32 bits, so both kernels get the same exact power of two), and ``0 * max |x_j|`` (NaN
-    where the column holds NaN or Inf, else 0)."""
-    amax = tl.maximum(tl.abs(tl.load(lo_ptr + cols, mask=cm, other=0.0)),
-                      tl.abs(tl.load(hi_ptr + cols, mask=cm, other=0.0)))
+    fp32 bits, so every kernel gets the same exact power of two) of the column maxima ``amax``."""
     v = tl.maximum(amax, 1e-30) / 127.0
     bits = v.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 255) - 127 + tl.where((bits & 8388607) != 0, 1, 0)
-    e = tl.minimum(tl.maximum(e, -126), 127)
-    return e, amax * 0.0
+    return tl.minimum(tl.maximum(e, -126), 127)
+
+
+@triton.jit
+def _col_exponent(lo_ptr, hi_ptr, cols, cm):
+    """:func:`_exponent` of columns ``cols`` from their minima and maxima, and
+    ``0 * max |x_j|`` (NaN where the column holds NaN or Inf, else 0)."""
+    amax = tl.maximum(tl.abs(tl.load(lo_ptr + cols, mask=cm, other=0.0)),
+                      tl.abs(tl.load(hi_ptr + cols, mask=cm, other=0.0)))
+    return _exponent(amax), amax * 0.0
 
 
 @triton.jit
 def _pow2(e):
     return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def codes_tile(x, s, z, qmax, off, valid):
+    """``(K, m)`` as int8 of an fp32 tile ``x`` (zeros where not ``valid``): centred codes and
+    the clamp indicator, with the reference's clamp decisions (same fp32 ``round(x/s) + z``)."""
+    r = _rint(tl.math.div_rn(x, s))
+    v = r + z
+    low = v < 0.0
+    high = v > qmax
+    q = tl.where(low, 0.0, tl.where(high, qmax, r + _rint(z)))
+    q = tl.minimum(tl.maximum(q, 0.0), qmax)
+    k = tl.where(valid, q - off, 0.0).to(tl.int8)
+    m = tl.where(valid & (low | high), 1.0, 0.0).to(tl.int8)
+    return k, m
+
+
+@triton.jit
+def first_remainder(x, e):
+    """``x / 2^e`` per column, clamped to ``[-127, 127]``: what the base-128 digits expand."""
+    t = x * _pow2(-e)[None, :]
+    return tl.minimum(tl.maximum(t, -127.0), 127.0)
+
+
+@triton.jit
+def next_digit(t, valid):
+    """The next base-128 digit of ``t`` (int8, zero where not ``valid``) and the remainder,
+    times 128 (exact in fp32)."""
+    si = _rint(t)
+    return tl.where(valid, si, 0.0).to(tl.int8), (t - si) * 128.0
 
 
 @triton.jit
@@ -86,22 +121,15 @@ def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
     s = tl.load(s_ptr + cols * s_stride, mask=cm, other=1.0)[None, :]
     z = tl.load(z_ptr + cols * s_stride, mask=cm, other=0.0)[None, :]
 
-    r = _rint(tl.math.div_rn(x, s))
-    v = r + z  # the reference's clamp decisions: clamp(r + z, 0, qmax) in fp32
-    low = v < 0.0
-    high = v > qmax
-    q = tl.where(low, 0.0, tl.where(high, qmax, r + _rint(z)))
-    q = tl.minimum(tl.maximum(q, 0.0), qmax)
-    k = tl.where(valid, q - off, 0.0)
+    k, m = codes_tile(x, s, z, qmax, off, valid)
 
     plane = DP.to(tl.int64) * NP
     dst = out_ptr + cols.to(tl.int64)[None, :] * NP + rows[:, None]
     inside = (rows < NP)[:, None] & (cols < DP)[None, :]
-    tl.store(dst, k.to(tl.int8), mask=inside)
+    tl.store(dst, k, mask=inside)
     ones = dst + plane
     if MASK_ROWS:
-        m = tl.where(valid & (low | high), 1.0, 0.0)
-        tl.store(dst + plane, m.to(tl.int8), mask=inside)
+        tl.store(dst + plane, m, mask=inside)
         ones += plane
     if tl.program_id(1) == 0:
         r16 = tl.arange(0, 16)
@@ -111,13 +139,11 @@ def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
                  mask=(rows < NP)[:, None] & (r16 < 16)[None, :])
     # slices of x / sigma (|.| <= 127, sigma a power of two): every remainder is exact in fp32
     e, _ = _col_exponent(lo_ptr, hi_ptr, cols, cm)
-    t = x * _pow2(-e)[None, :]
-    t = tl.minimum(tl.maximum(t, -127.0), 127.0)
+    t = first_remainder(x, e)
     sl = ones + 16 * NP
     for i in tl.static_range(NSL):
-        si = _rint(t)
-        tl.store(sl + i * plane, tl.where(valid, si, 0.0).to(tl.int8), mask=inside)
-        t = (t - si) * 128.0
+        si, t = next_digit(t, valid)
+        tl.store(sl + i * plane, si, mask=inside)
 
 
 @triton.jit
@@ -146,56 +172,42 @@ def _zero_parts(z_ptr, idx, msk, s_stride, off):
 
 
 @triton.jit
-def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_ptr, hi_ptr,
-                    s_stride, off, D, DP, ONE, SL0,
-                    MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BT: tl.constexpr):
-    """Add one chunk's products to ``ata``, ``atx`` and the border (fp32) for a ``BT x BT``
-    tile; everything is combined in fp64 first, where the ``beta`` and ``zf`` corrections
-    cancel most of the integer products exactly.
+def combine_store(kk, kx, km, mk, mm, mx, ks_i, ks_j, ms_i, ms_j, xsl_i, xsl_j, nr, i, j,
+                  e_i, bad_i, e_j, bad_j, s_ptr, z_ptr, s_stride, off, D,
+                  ata_ptr, atx_ptr, cs_ptr, ld, border, corner, MASK_ROWS: tl.constexpr):
+    """Add one chunk's products, given in fp64, to the ``ata`` and ``atx`` tile ``(i, j)`` and,
+    where ``border``, to the border entries of columns ``i`` (``corner``: the row count too).
+    Everything is combined in fp64 first, where the ``beta`` and ``zf`` corrections cancel most
+    of the integer products exactly; each operation is rounded on its own (FMA contraction
+    off), in the order of ``gram_exact._combine``: change both together.
 
-    ``g`` (int32, row stride ``ldg``) is ``[K; m; ones]^T`` times every plane: row ``ONE`` holds
-    the column sums of every plane (and the row count at ``(ONE, ONE)``), the slices start at
-    column ``SL0``. With ``C = K + beta - zf m`` (so ``A = s C``) the tile gets
-    ``s_i (C^T C)_ij s_j`` and ``s_i (C^T X)_ij``.
+    ``kk = K_i^T K_j``, ``km = K_i^T m_j``, ``mk = m_i^T K_j``, ``mm = m_i^T m_j``; ``kx`` and
+    ``mx`` the products with X's slices recombined (:func:`_sliced`, without the column scale);
+    ``ks``, ``ms``, ``xsl`` the column sums of ``K``, ``m`` and the slices; ``nr`` the row count.
+    With ``C = K + beta - zf m`` (so ``A = s C``) the tile gets ``s_i (C^T C)_ij s_j`` and
+    ``s_i (C^T X)_ij``.
     """
-    i = tl.program_id(0) * BT + tl.arange(0, BT)
-    j = tl.program_id(1) * BT + tl.arange(0, BT)
     mi = i < D
     mj = j < D
     m2 = mi[:, None] & mj[None, :]
-    g1 = g_ptr + ONE.to(tl.int64) * ldg  # the sums row
-    nr = tl.load(g1 + ONE).to(tl.float64)
     s_i = tl.load(s_ptr + i * s_stride, mask=mi, other=0.0).to(tl.float64)
     s_j = tl.load(s_ptr + j * s_stride, mask=mj, other=0.0).to(tl.float64)
     b_i, zf_i = _zero_parts(z_ptr, i, mi, s_stride, off)
     b_j, zf_j = _zero_parts(z_ptr, j, mj, s_stride, off)
-    ks_i = tl.load(g1 + i, mask=mi, other=0).to(tl.float64)
-    ks_j = tl.load(g1 + j, mask=mj, other=0).to(tl.float64)
-    e_i, bad_i = _col_exponent(lo_ptr, hi_ptr, i, mi)
-    e_j, bad_j = _col_exponent(lo_ptr, hi_ptr, j, mj)
     sig_i = _pow2(e_i).to(tl.float64)
     sig_j = _pow2(e_j).to(tl.float64)
-    xs_i = _sliced(g1 + SL0 + i, DP, mi, NSL) * sig_i
-    xs_j = _sliced(g1 + SL0 + j, DP, mj, NSL) * sig_j
+    xs_i = xsl_i * sig_i
+    xs_j = xsl_j * sig_j
 
-    gi = g_ptr + i.to(tl.int64)[:, None] * ldg + j[None, :]
-    ctc = tl.load(gi, mask=m2, other=0).to(tl.float64)
+    ctc = kk
     ctc += ks_i[:, None] * b_j[None, :] + b_i[:, None] * ks_j[None, :] \
         + nr * b_i[:, None] * b_j[None, :]
-    kx = _sliced(gi + SL0, DP, m2, NSL)
     ctx = kx * sig_j[None, :] + b_i[:, None] * xs_j[None, :]
     cs_i = ks_i + nr * b_i
     if MASK_ROWS:
-        gm = gi + DP.to(tl.int64) * ldg  # rows of m
-        km = tl.load(gi + DP, mask=m2, other=0).to(tl.float64)
-        mk = tl.load(gm, mask=m2, other=0).to(tl.float64)
-        mm = tl.load(gm + DP, mask=m2, other=0).to(tl.float64)
-        ms_i = tl.load(g1 + DP + i, mask=mi, other=0).to(tl.float64)
-        ms_j = tl.load(g1 + DP + j, mask=mj, other=0).to(tl.float64)
         ctc += zf_i[:, None] * zf_j[None, :] * mm \
             - zf_j[None, :] * (km + b_i[:, None] * ms_j[None, :]) \
             - zf_i[:, None] * (mk + b_j[None, :] * ms_i[:, None])
-        mx = _sliced(gm + SL0, DP, m2, NSL)
         ctx -= zf_i[:, None] * mx * sig_j[None, :]
         cs_i -= zf_i * ms_i
     bad = bad_i[:, None] + bad_j[None, :]  # NaN in a row or column of non-finite X
@@ -205,7 +217,7 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
              mask=m2)
     x = tl.load(atx_ptr + out, mask=m2, other=0.0)
     tl.store(atx_ptr + out, x + ((s_i[:, None] * ctx).to(tl.float32) + bad), mask=m2)
-    if tl.program_id(1) == 0:
+    if border:
         # the border: sums of A (A^T 1 and 1^T A), sums of X (1^T X~) and the row count
         a_sum = (s_i * cs_i).to(tl.float32) + bad_i
         _add_to(ata_ptr + i * ld + D, a_sum, mi)
@@ -213,13 +225,53 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
         _add_to(atx_ptr + i * ld + D, a_sum, mi)
         _add_to(cs_ptr + i, a_sum, mi)
         _add_to(atx_ptr + D * ld + i, xs_i.to(tl.float32) + bad_i, mi)
-        if tl.program_id(0) == 0:
+        if corner:
             cnt = nr.to(tl.float32)
-            corner = ata_ptr + D * ld + D
-            tl.store(corner, tl.load(corner) + cnt)
-            corner = atx_ptr + D * ld + D
-            tl.store(corner, tl.load(corner) + cnt)
+            c = ata_ptr + D * ld + D
+            tl.store(c, tl.load(c) + cnt)
+            c = atx_ptr + D * ld + D
+            tl.store(c, tl.load(c) + cnt)
             tl.store(cs_ptr + D, tl.load(cs_ptr + D) + cnt)
+
+
+@triton.jit
+def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_ptr, hi_ptr,
+                    s_stride, off, D, DP, ONE, SL0,
+                    MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BT: tl.constexpr):
+    """:func:`combine_store` of the ``BT x BT`` tile of one chunk's int32 products ``g`` (row
+    stride ``ldg``): ``[K; m; ones]^T`` times every plane. Row ``ONE`` holds the column sums of
+    every plane (and the row count at ``(ONE, ONE)``), the slices start at column ``SL0``.
+    """
+    i = tl.program_id(0) * BT + tl.arange(0, BT)
+    j = tl.program_id(1) * BT + tl.arange(0, BT)
+    mi = i < D
+    mj = j < D
+    m2 = mi[:, None] & mj[None, :]
+    g1 = g_ptr + ONE.to(tl.int64) * ldg  # the sums row
+    nr = tl.load(g1 + ONE).to(tl.float64)
+    ks_i = tl.load(g1 + i, mask=mi, other=0).to(tl.float64)
+    ks_j = tl.load(g1 + j, mask=mj, other=0).to(tl.float64)
+    e_i, bad_i = _col_exponent(lo_ptr, hi_ptr, i, mi)
+    e_j, bad_j = _col_exponent(lo_ptr, hi_ptr, j, mj)
+    xsl_i = _sliced(g1 + SL0 + i, DP, mi, NSL)
+    xsl_j = _sliced(g1 + SL0 + j, DP, mj, NSL)
+    gi = g_ptr + i.to(tl.int64)[:, None] * ldg + j[None, :]
+    kk = tl.load(gi, mask=m2, other=0).to(tl.float64)
+    kx = _sliced(gi + SL0, DP, m2, NSL)
+    if MASK_ROWS:
+        gm = gi + DP.to(tl.int64) * ldg  # rows of m
+        km = tl.load(gi + DP, mask=m2, other=0).to(tl.float64)
+        mk = tl.load(gm, mask=m2, other=0).to(tl.float64)
+        mm = tl.load(gm + DP, mask=m2, other=0).to(tl.float64)
+        mx = _sliced(gm + SL0, DP, m2, NSL)
+        ms_i = tl.load(g1 + DP + i, mask=mi, other=0).to(tl.float64)
+        ms_j = tl.load(g1 + DP + j, mask=mj, other=0).to(tl.float64)
+    else:
+        km, mk, mm, mx, ms_i, ms_j = kk, kk, kk, kk, ks_i, ks_j  # unused
+    combine_store(kk, kx, km, mk, mm, mx, ks_i, ks_j, ms_i, ms_j, xsl_i, xsl_j, nr, i, j,
+                  e_i, bad_i, e_j, bad_j, s_ptr, z_ptr, s_stride, off, D,
+                  ata_ptr, atx_ptr, cs_ptr, ld, tl.program_id(1) == 0, tl.program_id(0) == 0,
+                  MASK_ROWS)
 
 
 _ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)

@@ -1,6 +1,7 @@
-"""Exact Gram statistics (erq_kernels.gram_exact) and their int8 backend: the same bits.
+"""Exact Gram statistics (erq_kernels.gram_exact) and their fast backends: the same bits.
 
-The definition is accurate (fp64 references), and the int8 tensor-core path reproduces it
+The definition is accurate (fp64 references), and the int8 tensor-core path and the one-launch
+kernel (``gram_fused``) reproduce it
 bit for bit (codes under TRITON_INTERPRET=1 on the CPU, ``torch._int_mm`` on the CPU), for
 every quantizer form, chunked or not; the pipeline therefore gives the same quantized model
 in every backend.
@@ -13,6 +14,8 @@ from erq_kernels import _dispatch, gram_exact
 from helpers import gram_quantizer as _quantizer, gram_ref64, images, rel_err, tiny_model
 
 gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
+gram_fused = pytest.importorskip("erq_kernels.gram_fused")
+FAST = {"int8": lambda: gram_int8.gram_update_exact, "fused": lambda: gram_fused.gram_update_exact}
 
 
 def _bufs(d, dtype=torch.float32, device="cpu"):
@@ -45,39 +48,43 @@ def test_definition_matches_fp64(n, d, mode):
 
 @pytest.mark.parametrize("n,d,mode", CASES)
 @pytest.mark.parametrize("chunk", [None, 32])
-def test_int8_path_gives_the_same_bits(n, d, mode, chunk):
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_fast_paths_give_the_same_bits(n, d, mode, chunk, backend):
+    # the fused kernel takes one chunk; with chunk 32 it hands longer inputs to the int8 path
     x, gen = _input(n, d, 7 * n + d)
     s, z, qmax = _quantizer(mode, d, gen)
     ref, got = _bufs(d), _bufs(d)
     for b in ref + got:  # accumulate onto earlier statistics, as a calibration pass does
         b += 0.25
     gram_exact.gram_update(x, *ref, s, z, qmax, chunk_rows=chunk)
-    gram_int8.gram_update_exact(x, *got, s, z, qmax, chunk_rows=chunk)
+    FAST[backend]()(x, *got, s, z, qmax, chunk_rows=chunk)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
 
 
-def test_int8_path_same_bits_for_bf16_input_and_through_the_dispatcher(monkeypatch):
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_fast_paths_same_bits_for_bf16_input_and_through_the_dispatcher(monkeypatch, backend):
     x, gen = _input(90, 40, 3)
     x = x.bfloat16()
     s, z, qmax = _quantizer("tensor", 40, gen)
     ref, got = _bufs(40), _bufs(40)
     gram_exact.gram_update(x, *ref, s, z, qmax)
-    monkeypatch.setenv("ERQ_KERNELS_BACKEND_GRAM_UPDATE_EXACT", "int8")
-    assert erq_kernels.backend_for("gram_update_exact", torch.device("cpu")) == "int8"
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND_GRAM_UPDATE_EXACT", backend)
+    assert erq_kernels.backend_for("gram_update_exact", torch.device("cpu")) == backend
     erq_kernels.gram_update(x, *got, s, z, qmax, exact=True)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("case", ["no_quantizer", "ten_bit", "fp64_buffers"])
-def test_forms_without_int8_products_run_the_definition(case):
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_forms_without_int8_products_run_the_definition(case, backend):
     x, _ = _input(50, 17, 11)
     s, z, qmax = (None, None, None) if case == "no_quantizer" else (0.05, 3.5, 1023 if case == "ten_bit" else 15)
     dtype = torch.float64 if case == "fp64_buffers" else torch.float32
     ref, got = _bufs(17, dtype), _bufs(17, dtype)
     gram_exact.gram_update(x, *ref, s, z, qmax)
-    gram_int8.gram_update_exact(x, *got, s, z, qmax)
+    FAST[backend]()(x, *got, s, z, qmax)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
     for a, r in zip(ref, gram_ref64(x, s, z, qmax)):
@@ -108,6 +115,20 @@ def test_non_finite_input_poisons_the_exact_statistics():
     assert not bool(torch.isfinite(bufs[0]).all()) and not bool(torch.isfinite(bufs[1]).all())
 
 
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_fast_paths_poison_the_same_entries(backend):
+    x, gen = _input(40, 9, 2)
+    x[3, 4] = float("inf")
+    x[10, 7] = float("nan")
+    ref, got = _bufs(9), _bufs(9)
+    gram_exact.gram_update(x, *ref, 0.1, 7.5, 15)
+    FAST[backend]()(x, *got, 0.1, 7.5, 15)
+    for a, b in zip(got, ref):
+        nan = torch.isnan(b)
+        assert nan.any() and torch.equal(torch.isnan(a), nan)
+        assert torch.equal(a[~nan], b[~nan])
+
+
 def test_prefer_sits_between_the_environment_and_the_table(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("ERQ_KERNELS_BACKEND", raising=False)
@@ -135,9 +156,10 @@ def _quantized_weights(monkeypatch, gram_backend, fast_linalg=False):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_pipeline_gives_the_same_model_with_the_int8_statistics(monkeypatch):
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_pipeline_gives_the_same_model_with_the_fast_statistics(monkeypatch, backend):
     ref = _quantized_weights(monkeypatch, "reference")
-    got = _quantized_weights(monkeypatch, "int8")
+    got = _quantized_weights(monkeypatch, backend)
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
@@ -146,13 +168,15 @@ def test_pipeline_gives_the_same_model_with_the_int8_statistics(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,d,mode,chunk", [
     (6304, 192, "tensor", None), (6304, 768, "tensor_int", None), (6304, 384, "channel", None),
-    (20000, 768, "tensor", 4096), (8224, 1280, "eight_bit", None), (1000, 5120, "tensor", None)])
-def test_gpu_int8_path_gives_the_same_bits(n, d, mode, chunk):
+    (20000, 768, "tensor", 4096), (8224, 1280, "eight_bit", None), (1000, 5120, "tensor", None),
+    (6304, 193, "channel", None), (100864, 192, "tensor", None), (6304, 192, "tensor_int", None)])
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_gpu_fast_paths_give_the_same_bits(n, d, mode, chunk, backend):
     x, gen = _input(n, d, n + d, "cuda")
     s, z, qmax = _quantizer(mode, d, gen, "cuda")
     ref, got = _bufs(d, device="cuda"), _bufs(d, device="cuda")
     gram_exact.gram_update(x, *ref, s, z, qmax, chunk_rows=chunk)
-    gram_int8.gram_update_exact(x, *got, s, z, qmax, chunk_rows=chunk)
+    FAST[backend]()(x, *got, s, z, qmax, chunk_rows=chunk)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
     if d > 2000:
