@@ -223,9 +223,10 @@ def gram_shapes():
 
 def bench_gram(meta, records, args):
     """Every backend of gram_update against the eager reference, per shape and quantizer."""
-    from erq_kernels import gram, gram_int8, reference
+    from erq_kernels import gram, gram_graph, gram_int8, reference
     from bench_fakequant import warm_up_gpu
-    backends = {"triton": gram.gram_update, "int8": gram_int8.gram_update}
+    backends = {"triton": gram.gram_update, "int8": gram_int8.gram_update,
+                "graph": gram_graph.gram_update}
     warm_up_gpu()  # the first shape must not run at idle clocks
     gen = torch.Generator(device=DEV).manual_seed(4)
     print(f"\n{'N':>7s} {'D':>5s} {'quant':7s} {'backend':7s} {'ms':>9s} {'torch ms':>9s} "
@@ -236,6 +237,10 @@ def bench_gram(meta, records, args):
         for mode in (("tensor", "channel", "none") if n_tok == TOKENS[0] or d == 768
                      else ("tensor",)):
             scale, zero, qmax = quantizer(mode, x)
+            if isinstance(zero, torch.Tensor):
+                # as erq_kernels.gram_prepare in the pipeline: one synchronization for all
+                # calls instead of one per call to learn whether the zero points are integers
+                gram_int8.prime([zero])
             rbufs = [torch.zeros(d + 1, d + 1, device=DEV), torch.zeros(d + 1, d + 1, device=DEV),
                      torch.zeros(d + 1, device=DEV)]
             reference.gram_update(x, *rbufs, scale, zero, qmax)
@@ -244,7 +249,7 @@ def bench_gram(meta, records, args):
             r_ms = bench_ms(lambda: reference.gram_update(x, *rbufs, scale, zero, qmax), args.rep)
             fl = 4.0 * (d + 1) ** 2 * n_tok  # A^T A and A^T X~ as the two GEMMs count them
             for name, fn in backends.items():
-                if name == "int8" and mode == "none":
+                if name in ("int8", "graph") and mode == "none":
                     continue  # no quantizer: the int8 path hands the call to the Triton kernel
                 bufs = [torch.zeros_like(b) for b in rbufs]
                 fn(x, *bufs, scale, zero, qmax)
@@ -270,26 +275,32 @@ def bench_gram(meta, records, args):
 
 def bench_exact(x, scale, zero, qmax, ra, rx, r_ms, fl, n_tok, d, mode, meta, records, args):
     """``gram_update(exact=True)``: its definition (torch, fp64 products) against the int8
-    path, which must give the same bits."""
-    from erq_kernels import gram_exact, gram_int8
+    path, directly and replayed from a CUDA graph, which must give the same bits."""
+    from erq_kernels import gram_exact, gram_graph, gram_int8
     ebufs = [torch.zeros(d + 1, d + 1, device=DEV), torch.zeros(d + 1, d + 1, device=DEV),
              torch.zeros(d + 1, device=DEV)]
-    ibufs = [torch.zeros_like(b) for b in ebufs]
     gram_exact.gram_update(x, *ebufs, scale, zero, qmax)
-    gram_int8.gram_update_exact(x, *ibufs, scale, zero, qmax)
-    same = all(torch.equal(a, b) for a, b in zip(ebufs, ibufs))
-    e_a, e_x = rel(ibufs[0], ra), rel(ibufs[1], rx)
     e_ms = bench_ms(lambda: gram_exact.gram_update(x, *ebufs, scale, zero, qmax), args.rep)
-    i_ms = bench_ms(lambda: gram_int8.gram_update_exact(x, *ibufs, scale, zero, qmax), args.rep)
-    records.append({"op": "gram_update_exact", "shape": f"{n_tok}x{d}", "batch": n_tok,
-                    "n": d + 1, "quant": mode, "backend": "int8", "ms": i_ms,
-                    "exact_reference_ms": e_ms, "eager_ms": r_ms,
-                    "speedup_vs_exact_reference": e_ms / i_ms, "speedup": r_ms / i_ms,
-                    "tflops_nominal": fl / i_ms / 1e9, "max_error": max(e_a, e_x),
-                    "bit_identical": same, **meta})
-    print(f"{n_tok:7d} {d:5d} {mode:7s} {'exact':7s} {i_ms:9.3f} {r_ms:9.3f} {r_ms / i_ms:8.2f}x "
-          f"  exact reference {e_ms:8.3f} ms ({e_ms / i_ms:.1f}x), same bits: {same}", flush=True)
-    del ebufs, ibufs
+    for name, fn in (("int8", gram_int8.gram_update_exact),
+                     ("graph", gram_graph.gram_update_exact)):
+        ibufs = [torch.zeros_like(b) for b in ebufs]
+        ref = [torch.zeros_like(b) for b in ebufs]
+        gram_exact.gram_update(x, *ref, scale, zero, qmax)
+        fn(x, *ibufs, scale, zero, qmax)
+        same = all(torch.equal(a, b) for a, b in zip(ref, ibufs))
+        e_a, e_x = rel(ibufs[0], ra), rel(ibufs[1], rx)
+        i_ms = bench_ms(lambda: fn(x, *ibufs, scale, zero, qmax), args.rep)
+        records.append({"op": "gram_update_exact", "shape": f"{n_tok}x{d}", "batch": n_tok,
+                        "n": d + 1, "quant": mode, "backend": name, "ms": i_ms,
+                        "exact_reference_ms": e_ms, "eager_ms": r_ms,
+                        "speedup_vs_exact_reference": e_ms / i_ms, "speedup": r_ms / i_ms,
+                        "tflops_nominal": fl / i_ms / 1e9, "max_error": max(e_a, e_x),
+                        "bit_identical": same, **meta})
+        print(f"{n_tok:7d} {d:5d} {mode:7s} {'exact/' + name:11s} {i_ms:9.3f} {r_ms:9.3f} "
+              f"{r_ms / i_ms:8.2f}x   exact reference {e_ms:8.3f} ms ({e_ms / i_ms:.1f}x), "
+              f"same bits: {same}", flush=True)
+        del ibufs, ref
+    del ebufs
 
 
 def tune_gram(args):

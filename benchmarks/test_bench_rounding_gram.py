@@ -46,18 +46,18 @@ def test_rounding_refine(benchmark, synced, o, s, backend):
         benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("backend", ["triton", "int8", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "int8", "graph", "reference"])
 @pytest.mark.parametrize("n,d", GRAM_SHAPES)
 def test_gram_update(benchmark, synced, n, d, backend):
     import bench_rounding_gram as B
-    from erq_kernels import gram, gram_int8, reference
+    from erq_kernels import gram, gram_graph, gram_int8, reference
     gen = torch.Generator(device="cuda").manual_seed(n + d)
     x = torch.randn(n, d, device="cuda", generator=gen) + 0.2
     scale, zero, qmax = B.quantizer("tensor", x)
     bufs = [torch.zeros(d + 1, d + 1, device="cuda"), torch.zeros(d + 1, d + 1, device="cuda"),
             torch.zeros(d + 1, device="cuda")]
     fn = {"triton": gram.gram_update, "int8": gram_int8.gram_update,
-          "reference": reference.gram_update}[backend]
+          "graph": gram_graph.gram_update, "reference": reference.gram_update}[backend]
     run = synced(lambda: fn(x, *bufs, scale, zero, qmax))
     run()
     ra, rx = B.fp64_stats(x, scale, zero, qmax)

@@ -59,12 +59,35 @@ def _exponent(amax):
 
 
 @triton.jit
-def _col_exponent(lo_ptr, hi_ptr, cols, cm):
-    """:func:`_exponent` of columns ``cols`` from their minima and maxima, and
+def _col_exponent(amax_ptr, cols, cm):
+    """:func:`_exponent` of columns ``cols`` from their maxima ``max |x_j|``, and
     ``0 * max |x_j|`` (NaN where the column holds NaN or Inf, else 0)."""
-    amax = tl.maximum(tl.abs(tl.load(lo_ptr + cols, mask=cm, other=0.0)),
-                      tl.abs(tl.load(hi_ptr + cols, mask=cm, other=0.0)))
+    amax = tl.load(amax_ptr + cols, mask=cm, other=0.0)
     return _exponent(amax), amax * 0.0
+
+
+@triton.jit
+def _colmax_kernel(x_ptr, out_ptr, N, D, stride_x, BR: tl.constexpr, BC: tl.constexpr):
+    """``out[j] = max_r |x[r, j]|`` (``out`` int32, zeroed, read as fp32): an integer maximum
+    of the bits of ``|x|``, which orders every non-negative float and puts NaN above Inf
+    above every finite value, as ``torch.aminmax`` propagates them."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = cols < D
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :],
+                mask=(rows < N)[:, None] & cm[None, :], other=0.0).to(tl.float32)
+    bits = tl.abs(x).to(tl.int32, bitcast=True)
+    tl.atomic_max(out_ptr + cols, tl.max(bits, axis=0), mask=cm)
+
+
+def col_max(x: torch.Tensor) -> torch.Tensor:
+    """``max |x_j|`` per column of ``x`` ``(N, D)`` (unit column stride) as fp32, ``(D,)``:
+    NaN for a column holding NaN, else Inf for one holding Inf."""
+    n, d = x.shape
+    out = torch.zeros(d, dtype=torch.int32, device=x.device)
+    _colmax_kernel[(triton.cdiv(n, 256), triton.cdiv(d, 64))](x, out, n, d, x.stride(0),
+                                                               BR=256, BC=64, num_warps=4)
+    return out.view(torch.float32)
 
 
 @triton.jit
@@ -103,7 +126,7 @@ def next_digit(t, valid):
 
 
 @triton.jit
-def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
+def _codes_kernel(x_ptr, s_ptr, z_ptr, amax_ptr, out_ptr,
                   N, D, NP, DP, stride_x, s_stride, qmax, off,
                   MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BR: tl.constexpr,
                   BC: tl.constexpr):
@@ -138,7 +161,7 @@ def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
         tl.store(base + r16.to(tl.int64)[None, :] * NP + rows[:, None], one,
                  mask=(rows < NP)[:, None] & (r16 < 16)[None, :])
     # slices of x / sigma (|.| <= 127, sigma a power of two): every remainder is exact in fp32
-    e, _ = _col_exponent(lo_ptr, hi_ptr, cols, cm)
+    e, _ = _col_exponent(amax_ptr, cols, cm)
     t = first_remainder(x, e)
     sl = ones + 16 * NP
     for i in tl.static_range(NSL):
@@ -147,8 +170,21 @@ def _codes_kernel(x_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, out_ptr,
 
 
 @triton.jit
-def _add_to(p, val, msk):
-    tl.store(p, tl.load(p, mask=msk, other=0.0) + val, mask=msk)
+def _add_to(p, val, msk, FRESH: tl.constexpr):
+    """``*p += val`` (``*p = val`` when ``FRESH``: the same as adding to ``-0.0``)."""
+    if FRESH:
+        tl.store(p, val, mask=msk)
+    else:
+        tl.store(p, tl.load(p, mask=msk, other=0.0) + val, mask=msk)
+
+
+@triton.jit
+def _add_one(p, val, FRESH: tl.constexpr):
+    """:func:`_add_to` for one element."""
+    if FRESH:
+        tl.store(p, val)
+    else:
+        tl.store(p, tl.load(p) + val)
 
 
 @triton.jit
@@ -174,7 +210,8 @@ def _zero_parts(z_ptr, idx, msk, s_stride, off):
 @triton.jit
 def combine_store(kk, kx, km, mk, mm, mx, ks_i, ks_j, ms_i, ms_j, xsl_i, xsl_j, nr, i, j,
                   e_i, bad_i, e_j, bad_j, s_ptr, z_ptr, s_stride, off, D,
-                  ata_ptr, atx_ptr, cs_ptr, ld, border, corner, MASK_ROWS: tl.constexpr):
+                  ata_ptr, atx_ptr, cs_ptr, ld, border, corner, MASK_ROWS: tl.constexpr,
+                  FRESH: tl.constexpr):
     """Add one chunk's products, given in fp64, to the ``ata`` and ``atx`` tile ``(i, j)`` and,
     where ``border``, to the border entries of columns ``i`` (``corner``: the row count too).
     Everything is combined in fp64 first, where the ``beta`` and ``zf`` corrections cancel most
@@ -212,32 +249,28 @@ def combine_store(kk, kx, km, mk, mm, mx, ks_i, ks_j, ms_i, ms_j, xsl_i, xsl_j, 
         cs_i -= zf_i * ms_i
     bad = bad_i[:, None] + bad_j[None, :]  # NaN in a row or column of non-finite X
     out = i[:, None] * ld + j[None, :]
-    a = tl.load(ata_ptr + out, mask=m2, other=0.0)
-    tl.store(ata_ptr + out, a + ((s_i[:, None] * ctc * s_j[None, :]).to(tl.float32) + bad),
-             mask=m2)
-    x = tl.load(atx_ptr + out, mask=m2, other=0.0)
-    tl.store(atx_ptr + out, x + ((s_i[:, None] * ctx).to(tl.float32) + bad), mask=m2)
+    _add_to(ata_ptr + out, (s_i[:, None] * ctc * s_j[None, :]).to(tl.float32) + bad, m2, FRESH)
+    _add_to(atx_ptr + out, (s_i[:, None] * ctx).to(tl.float32) + bad, m2, FRESH)
     if border:
         # the border: sums of A (A^T 1 and 1^T A), sums of X (1^T X~) and the row count
         a_sum = (s_i * cs_i).to(tl.float32) + bad_i
-        _add_to(ata_ptr + i * ld + D, a_sum, mi)
-        _add_to(ata_ptr + D * ld + i, a_sum, mi)
-        _add_to(atx_ptr + i * ld + D, a_sum, mi)
-        _add_to(cs_ptr + i, a_sum, mi)
-        _add_to(atx_ptr + D * ld + i, xs_i.to(tl.float32) + bad_i, mi)
+        _add_to(ata_ptr + i * ld + D, a_sum, mi, FRESH)
+        _add_to(ata_ptr + D * ld + i, a_sum, mi, FRESH)
+        _add_to(atx_ptr + i * ld + D, a_sum, mi, FRESH)
+        _add_to(cs_ptr + i, a_sum, mi, FRESH)
+        _add_to(atx_ptr + D * ld + i, xs_i.to(tl.float32) + bad_i, mi, FRESH)
         if corner:
             cnt = nr.to(tl.float32)
-            c = ata_ptr + D * ld + D
-            tl.store(c, tl.load(c) + cnt)
-            c = atx_ptr + D * ld + D
-            tl.store(c, tl.load(c) + cnt)
-            tl.store(cs_ptr + D, tl.load(cs_ptr + D) + cnt)
+            _add_one(ata_ptr + D * ld + D, cnt, FRESH)
+            _add_one(atx_ptr + D * ld + D, cnt, FRESH)
+            _add_one(cs_ptr + D, cnt, FRESH)
 
 
 @triton.jit
-def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_ptr, hi_ptr,
+def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, amax_ptr,
                     s_stride, off, D, DP, ONE, SL0,
-                    MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BT: tl.constexpr):
+                    MASK_ROWS: tl.constexpr, NSL: tl.constexpr, BT: tl.constexpr,
+                    FRESH: tl.constexpr):
     """:func:`combine_store` of the ``BT x BT`` tile of one chunk's int32 products ``g`` (row
     stride ``ldg``): ``[K; m; ones]^T`` times every plane. Row ``ONE`` holds the column sums of
     every plane (and the row count at ``(ONE, ONE)``), the slices start at column ``SL0``.
@@ -251,8 +284,8 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
     nr = tl.load(g1 + ONE).to(tl.float64)
     ks_i = tl.load(g1 + i, mask=mi, other=0).to(tl.float64)
     ks_j = tl.load(g1 + j, mask=mj, other=0).to(tl.float64)
-    e_i, bad_i = _col_exponent(lo_ptr, hi_ptr, i, mi)
-    e_j, bad_j = _col_exponent(lo_ptr, hi_ptr, j, mj)
+    e_i, bad_i = _col_exponent(amax_ptr, i, mi)
+    e_j, bad_j = _col_exponent(amax_ptr, j, mj)
     xsl_i = _sliced(g1 + SL0 + i, DP, mi, NSL)
     xsl_j = _sliced(g1 + SL0 + j, DP, mj, NSL)
     gi = g_ptr + i.to(tl.int64)[:, None] * ldg + j[None, :]
@@ -271,7 +304,79 @@ def _combine_kernel(g_ptr, ldg, ata_ptr, atx_ptr, cs_ptr, ld, s_ptr, z_ptr, lo_p
     combine_store(kk, kx, km, mk, mm, mx, ks_i, ks_j, ms_i, ms_j, xsl_i, xsl_j, nr, i, j,
                   e_i, bad_i, e_j, bad_j, s_ptr, z_ptr, s_stride, off, D,
                   ata_ptr, atx_ptr, cs_ptr, ld, tl.program_id(1) == 0, tl.program_id(0) == 0,
-                  MASK_ROWS)
+                  MASK_ROWS, FRESH)
+
+
+@triton.jit
+def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_a, stride_b, stride_c,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      SPLIT: tl.constexpr):
+    """``c[m, n] = sum_k a[m, k] b[n, k]`` for int8 ``a`` (M x K) and ``b`` (N x K), both
+    K-contiguous, in exact int32; with ``SPLIT > 1`` each of ``SPLIT`` programs adds its share
+    of ``k`` to a zeroed ``c`` with integer atomics (exact, so the order does not matter)."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    rm = (pid // num_n) * BM + tl.arange(0, BM)
+    rn = (pid % num_n) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    k_len = tl.cdiv(tl.cdiv(K, BK), SPLIT) * BK
+    k0 = tl.program_id(1) * k_len
+    k1 = tl.minimum(k0 + k_len, K)
+    a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_a
+    b_cols = b_ptr + rn.to(tl.int64)[None, :] * stride_b
+    acc = tl.zeros([BM, BN], dtype=tl.int32)
+    for k in range(k0, k1, BK):
+        kk = k + rk
+        a = tl.load(a_rows + kk[None, :], mask=(rm < M)[:, None] & (kk < k1)[None, :], other=0)
+        b = tl.load(b_cols + kk[:, None], mask=(kk < k1)[:, None] & (rn < N)[None, :], other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    c = c_ptr + rm.to(tl.int64)[:, None] * stride_c + rn[None, :]
+    cm = (rm < M)[:, None] & (rn < N)[None, :]
+    if SPLIT == 1:
+        tl.store(c, acc, mask=cm)
+    else:
+        tl.atomic_add(c, acc, mask=cm)
+
+
+GEMM_CONFIG = {"BM": 64, "BN": 64, "BK": 128, "SPLIT": 1, "num_warps": 4, "num_stages": 4}
+
+
+def gemm_plan(m: int, n: int, k: int) -> dict | None:
+    """Block sizes of :func:`int8_gemm` for an ``m x n`` product over ``k`` tokens, or ``None``
+    where ``torch._int_mm`` is used. From ``benchmarks/probe_int8_gemm.py`` on an H200
+    (``results/probe_int8_gemm.txt``): the Triton GEMM won 1.24-1.96x on every plane shape
+    of D = 192..768 except the smallest (208 x 976 x 6304: 20.3 vs 19.2 us); with 100864
+    tokens it lost at D = 768 (``results/gram.json``); larger products were not measured and
+    stay with cuBLASLt."""
+    if m * n < 250_000 or m * n > 8_000_000:
+        return None
+    if k >= 32768:  # few output tiles, long sums: split the tokens
+        if m * n > 2_000_000:  # 1552 x 4624 x 100864 measured 2.82 ms against cuBLASLt's 2.01
+            return None
+        wide = n > 1024
+        return dict(BM=64, BN=128 if wide else 64, BK=128, SPLIT=4, num_warps=4,
+                    num_stages=3 if wide else 4)
+    if n >= 3000:
+        return dict(BM=128, BN=128, BK=128, SPLIT=1, num_warps=8, num_stages=3)
+    if m * n >= 1_500_000:
+        return dict(BM=64, BN=128, BK=128, SPLIT=1, num_warps=4, num_stages=3)
+    return dict(GEMM_CONFIG)
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+    """``a @ b.T`` for int8 ``a`` ``(M, K)`` and ``b`` ``(N, K)`` (unit stride along ``K``) as
+    exact int32 ``(M, N)``: the Triton GEMM :func:`run` uses for small layers, where
+    ``torch._int_mm`` leaves most of the GPU idle (few output tiles, long ``K``)."""
+    cfg = dict(GEMM_CONFIG, **(config or {}))
+    m, k = a.shape
+    n = b.shape[0]
+    split = cfg.pop("SPLIT")
+    alloc = torch.zeros if split > 1 else torch.empty
+    c = alloc((m, n), dtype=torch.int32, device=a.device)
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]), split)
+    _int8_gemm_kernel[grid](a, b, c, m, n, k, a.stride(0), b.stride(0), c.stride(0),
+                            SPLIT=split, **cfg)
+    return c
 
 
 _ZF_CACHE: dict = {}  # id(zero tensor) -> (weakref, version, flag)
@@ -355,40 +460,65 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         return None
     if x.stride(1) != 1:
         x = x.contiguous()
+    s_t, z_t, s_stride, integer_z = _params(scale, zero, d, x.device)
+    if product_bytes(d, integer_z, n_slices) > PRODUCT_BYTES:
+        # the int32 product matrix would not fit the budget: the reference instead
+        fallback = gram_exact.gram_update if exact else reference.gram_update
+        return fallback(x, ata, atx, colsum, scale, zero, qmax, **(
+            {"chunk_rows": chunk_rows, "n_slices": n_slices} if exact else {}))
+    run(x, ata, atx, colsum, s_t, z_t, s_stride, integer_z, int(qmax), chunk_rows, n_slices)
+    return None
+
+
+def product_bytes(d: int, integer_z: bool, n_slices: int = N_SLICES) -> int:
+    """Bytes of one chunk's int32 products."""
+    dp = gram_exact.ceil_to(d, _ALIGN)
+    planes_k = 1 if integer_z else 2
+    return (planes_k * dp + _ALIGN) * ((planes_k + n_slices) * dp + _ALIGN) * 4
+
+
+def run(x, ata, atx, colsum, s_t, z_t, s_stride: int, integer_z: bool, qmax: int,
+        chunk_rows: int | None = None, n_slices: int = N_SLICES, gemm: str = "auto",
+        fresh: bool = False) -> None:
+    """The work of :func:`gram_update` once the quantizer is resolved: ``x`` ``(N, D)`` with
+    unit column stride, ``s_t`` and ``z_t`` fp32 device tensors of 1 or ``D`` values
+    (``s_stride`` 0 or 1), ``integer_z`` whether every zero point is an integer. No host
+    synchronization, so it can be captured in a CUDA graph (:mod:`erq_kernels.gram_graph`).
+    ``gemm``: ``"cublas"`` (``torch._int_mm``), ``"triton"`` (:func:`int8_gemm`) or ``"auto"``
+    (:func:`gemm_plan`), all exact. ``fresh``: the accumulators are overwritten with this call's
+    statistics instead of added to (one chunk only), i.e. ``acc = -0.0 + v``, saving their fills
+    in :mod:`erq_kernels.gram_graph`."""
+    n, d = x.shape
     dev = x.device
-    s_t, z_t, s_stride, integer_z = _params(scale, zero, d, dev)
-    qmax = int(qmax)
     off = (qmax + 1) // 2
     planes_k = 1 if integer_z else 2
     dp = gram_exact.ceil_to(d, _ALIGN)
     chunk = max_chunk_rows(qmax, d, planes_k + n_slices)
     if chunk_rows:
         chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
-
     planes = planes_k + n_slices
     lk = planes_k * dp + _ALIGN  # rows of the left operand: K (, m) and the ones block
-    if lk * (planes * dp + _ALIGN) * 4 > PRODUCT_BYTES:
-        # the int32 product matrix would not fit the budget: the reference instead
-        fallback = gram_exact.gram_update if exact else reference.gram_update
-        return fallback(x, ata, atx, colsum, scale, zero, qmax, **(
-            {"chunk_rows": chunk_rows, "n_slices": n_slices} if exact else {}))
-    lo, hi = (t.float().contiguous() for t in torch.aminmax(x, dim=0))  # -> column scales of X
+    amax = col_max(x)  # -> the power-of-two column scales of X
     for r0 in range(0, n, chunk):
         rows = min(chunk, n - r0)
         np_ = gram_exact.ceil_to(rows, _ALIGN)
         buf = torch.empty((planes * dp + _ALIGN, np_), dtype=torch.int8, device=dev)
         _codes_kernel[(triton.cdiv(np_, 64), triton.cdiv(dp, 32))](
-            x[r0:r0 + rows], s_t, z_t, lo, hi, buf, rows, d, np_, dp, x.stride(0), s_stride,
+            x[r0:r0 + rows], s_t, z_t, amax, buf, rows, d, np_, dp, x.stride(0), s_stride,
             float(qmax), float(off), MASK_ROWS=not integer_z, NSL=n_slices, BR=64, BC=32,
             num_warps=4, **_NO_FMA)
-        g = torch._int_mm(buf[:lk], buf.T)  # exact int32 sums of products
+        plan = gemm_plan(lk, buf.shape[0], np_) if gemm == "auto" else (
+            GEMM_CONFIG if gemm == "triton" else None)
+        if plan is not None:
+            g = int8_gemm(buf[:lk], buf, plan)
+        else:
+            g = torch._int_mm(buf[:lk], buf.T)  # exact int32 sums of products
         del buf
         _combine_kernel[(triton.cdiv(d, 32), triton.cdiv(d, 32))](
-            g, g.stride(0), ata, atx, colsum, d + 1, s_t, z_t, lo, hi, s_stride, float(off), d,
-            dp, planes_k * dp, lk, MASK_ROWS=not integer_z, NSL=n_slices, BT=32, num_warps=4,
-            **_NO_FMA)
+            g, g.stride(0), ata, atx, colsum, d + 1, s_t, z_t, amax, s_stride, float(off), d,
+            dp, planes_k * dp, lk, MASK_ROWS=not integer_z, NSL=n_slices, BT=32,
+            FRESH=fresh and r0 == 0, num_warps=4, **_NO_FMA)
         del g
-    return None
 
 
 def gram_update_exact(x, ata, atx, colsum, scale=None, zero=None, qmax=None, **kw) -> None:

@@ -1,7 +1,7 @@
 """Exact Gram statistics (erq_kernels.gram_exact) and their fast backends: the same bits.
 
-The definition is accurate (fp64 references), and the int8 tensor-core path and the one-launch
-kernel (``gram_fused``) reproduce it
+The definition is accurate (fp64 references), and the int8 tensor-core path, also replayed from
+a CUDA graph (``gram_graph``), reproduces it
 bit for bit (codes under TRITON_INTERPRET=1 on the CPU, ``torch._int_mm`` on the CPU), for
 every quantizer form, chunked or not; the pipeline therefore gives the same quantized model
 in every backend.
@@ -14,8 +14,9 @@ from erq_kernels import _dispatch, gram_exact
 from helpers import gram_quantizer as _quantizer, gram_ref64, images, rel_err, tiny_model
 
 gram_int8 = pytest.importorskip("erq_kernels.gram_int8")
-gram_fused = pytest.importorskip("erq_kernels.gram_fused")
-FAST = {"int8": lambda: gram_int8.gram_update_exact, "fused": lambda: gram_fused.gram_update_exact}
+gram_graph = pytest.importorskip("erq_kernels.gram_graph")
+# on the CPU the graph backend runs the int8 path (no CUDA graphs); the GPU tests replay graphs
+FAST = {"int8": lambda: gram_int8.gram_update_exact, "graph": lambda: gram_graph.gram_update_exact}
 
 
 def _bufs(d, dtype=torch.float32, device="cpu"):
@@ -50,7 +51,6 @@ def test_definition_matches_fp64(n, d, mode):
 @pytest.mark.parametrize("chunk", [None, 32])
 @pytest.mark.parametrize("backend", sorted(FAST))
 def test_fast_paths_give_the_same_bits(n, d, mode, chunk, backend):
-    # the fused kernel takes one chunk; with chunk 32 it hands longer inputs to the int8 path
     x, gen = _input(n, d, 7 * n + d)
     s, z, qmax = _quantizer(mode, d, gen)
     ref, got = _bufs(d), _bufs(d)
@@ -203,3 +203,31 @@ def test_pipeline_pins_its_linear_algebra_unless_asked(monkeypatch, fast):
     want = {} if fast else {op: "reference" for op in erq_kernels.LINALG_OPS}
     assert all(s == want for s in seen)
     assert not _dispatch._PREFERRED  # restored after quantize()
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replays_stay_exact_across_inputs_quantizers_and_streams():
+    # the graph's buffers are reused: new inputs, changed quantizers (numbers and tensors
+    # edited in place) and calls from another stream must each give the definition's bits
+    gram_graph.clear()
+    n, d = 1000, 96
+    side = torch.cuda.Stream()
+    s_tensor = torch.tensor([0.07], device="cuda")
+    z_tensor = torch.tensor([5.5], device="cuda")
+    ref, got = _bufs(d, device="cuda"), _bufs(d, device="cuda")
+    for step, (s, z) in enumerate([(0.05, 7.3), (0.05, 7.3), (0.09, 3.25), (s_tensor, z_tensor),
+                                   (s_tensor, z_tensor), (0.05, 7.3)]):
+        if step == 4:
+            s_tensor.fill_(0.11)  # the same tensor, new values
+        x, _ = _input(n, d, 100 + step, "cuda")
+        gram_exact.gram_update(x, *ref, s, z, 15)
+        if step % 2:
+            with torch.cuda.stream(side):
+                side.wait_stream(torch.cuda.current_stream())
+                gram_graph.gram_update_exact(x, *got, s, z, 15)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            gram_graph.gram_update_exact(x, *got, s, z, 15)
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b), step
+    assert len(gram_graph._GRAPHS) == 1  # one shape, one graph

@@ -164,6 +164,35 @@ def test_chunk_rows_keep_int32_sums_exact(qmax, d):
     assert rows * (6 * dp + 16) <= gram_int8.WORKSPACE_BYTES
 
 
+@pytest.mark.parametrize("m,n,k,config", [(17, 45, 100, None), (33, 70, 161, {"SPLIT": 3}),
+                                          (64, 130, 48, {"BM": 32, "BN": 32, "BK": 32})])
+def test_triton_int8_gemm_is_exact(m, n, k, config):
+    gen = torch.Generator().manual_seed(m + n + k)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    want = (a.long() @ b.long().T).int()  # |sum| < 2^31 here
+    assert torch.equal(gram_int8.int8_gemm(a, b, config), want)
+
+
+@pytest.mark.parametrize("mode", ["tensor", "channel"])
+def test_run_triton_gemm_and_fresh_outputs_give_the_same_bits(mode):
+    # the choices the CUDA-graph backend makes: Triton GEMM, outputs overwritten by the first
+    # chunk instead of added to (stale values in them must not leak into the result)
+    from erq_kernels import gram_exact
+    gen = torch.Generator().manual_seed(8)
+    n, d = 150, 37
+    x = 2.0 * torch.randn(n, d, generator=gen) + 0.3
+    scale, zero, qmax = _quantizer(mode, d, gen)
+    want = _zeros(d)
+    gram_exact.gram_update(x, *want, scale, zero, qmax, chunk_rows=64)
+    got = [t.fill_(float("nan")) for t in _zeros(d)]
+    s_t, z_t, stride = gram_exact.quant_params(scale, zero, d, x.device)
+    gram_int8.run(x, *got, s_t, z_t, stride, gram_exact.integer_zero(zero), qmax, 64,
+                  gemm="triton", fresh=True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,d,mode", [(6304, 192, "tensor"), (1001, 383, "channel"),
                                       (8224, 1280, "tensor_int"), (333, 64, "eight_bit"),
