@@ -24,6 +24,9 @@ from erq.pipeline import QuantConfig, quantize
 
 BITS = {"W3A4": (3, 4), "W4A4": (4, 4), "W5A5": (5, 5), "W8A8": (8, 8)}
 AUTHORS = dict(lam=1000.0, lam_rel=None)
+# candidate clipping quantiles of the activation quantizers beyond the specification's three
+ACT_GRIDS = {"wide": [0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999, 1.0],
+             "tight": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 0.99999]}
 
 
 def plan(name: str) -> list[dict]:
@@ -50,6 +53,13 @@ def plan(name: str) -> list[dict]:
         for n, mode in ((128, "independent"), (128, "sequential"), (512, "independent")):
             runs.append(dict(method="erq", bits="W4A4", seed=0, num_calib=n, calib_mode=mode,
                              lam=None, lam_rel=0.1))
+    elif name == "actq":  # wider searches for the activation clipping ranges, seed 0
+        for grid in ACT_GRIDS.values():
+            runs += [dict(method="erq", bits="W4A4", seed=0, act_quantiles=grid, **AUTHORS),
+                     dict(method="rtn", bits="W4A4", seed=0, act_quantiles=grid)]
+    elif name == "actq_tight":  # the grid that did better on seed 0, on seeds 1 and 2
+        runs += [dict(method="erq", bits="W4A4", seed=s, act_quantiles=ACT_GRIDS["tight"], **AUTHORS)
+                 for s in (1, 2)]
     else:
         raise SystemExit(f"unknown plan {name!r}")
     return runs

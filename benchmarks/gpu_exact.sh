@@ -8,10 +8,7 @@
 #       and the exact op (rewrites erq_kernels/dispatch_table.json; a copy comes back); ViT-H
 #       W4A4 with 32 and 512 images end to end
 set -u
-OUT=${OUT:-/tmp/erq_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/gpu_env.sh"
 case "${1:-check}" in
 check)
   D=${DATA:-data_carry}

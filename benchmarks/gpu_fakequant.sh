@@ -5,10 +5,7 @@
 # weights; CONSISTENCY=0 skips it). Data in data_carry/ (carried).
 set -u
 D=${DATA:-data_carry}
-OUT=${OUT:-/tmp/erq_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/gpu_env.sh"
 python3 benchmarks/profile_fakequant.py 2>&1 | tee "$OUT/profile_fakequant.txt" | grep -v "^    kernel"
 python3 benchmarks/bench_fakequant.py --models vit_b vit_h --out "$OUT" > "$OUT/fakequant_log.txt" 2>&1
 tail -n 30 "$OUT/fakequant_log.txt"

@@ -6,10 +6,7 @@
 # data_carry/ (carried).
 set -u
 D=${DATA:-data_carry}
-OUT=${OUT:-/tmp/erq_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/gpu_env.sh"
 TRITON_INTERPRET=0 python3 -m pytest tests/test_kernels_gram_int8.py -m gpu -q -p no:cacheprovider \
   2>&1 | tail -n 5
 python3 benchmarks/bench_rounding_gram.py --only gram --out "$OUT" --write-dispatch \

@@ -8,10 +8,7 @@
 # Calibration images in data_carry_e2e/calib (carried).
 set -u
 CAL=${CALIB:-data_carry_e2e/calib}
-OUT=${OUT:-/tmp/erq_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/gpu_env.sh"
 python3 benchmarks/bench_rounding_gram.py --only gram --out "$OUT" --write-dispatch \
   > "$OUT/gram_log.txt" 2>&1
 grep -v "^\[" "$OUT/gram_log.txt" | tail -n 40

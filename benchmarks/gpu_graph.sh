@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA-graph replay of the exact Gram statistics (erq_kernels/gram_graph.py), outputs under
 # $OUT, one device call each:
+#   bash benchmarks/gpu_graph.sh tests   # the GPU tests of the exact paths only
 #   bash benchmarks/gpu_graph.sh speed   # GPU tests of the exact paths; per-call profile at
 #       6304 x 192; every gram_update backend and the exact op (rewrites
 #       erq_kernels/dispatch_table.json; a copy comes back)
@@ -10,14 +11,17 @@
 #       by the reference and the default backend (benchmarks/backend_consistency.py); ViT-Ti
 #       and ViT-B W4A4 with 32 images end to end, 5 alternating repeats
 set -u
-OUT=${OUT:-/tmp/erq_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/card.txt"
-case "${1:-speed}" in
-speed)
+source "$(dirname "$0")/gpu_env.sh"
+gpu_tests() {
   TRITON_INTERPRET=0 python3 -m pytest tests/test_kernels_gram_exact.py \
-    tests/test_kernels_gram_int8.py -m gpu -q -p no:cacheprovider -rA 2>&1 | tail -n 4
+    tests/test_kernels_gram_int8.py -m gpu -q -p no:cacheprovider -rA 2>&1 | tail -n "$1"
+}
+case "${1:-speed}" in
+tests)
+  gpu_tests 40
+  ;;
+speed)
+  gpu_tests 4
   python3 benchmarks/profile_gram_small.py > "$OUT/profile_gram_small.txt" 2>&1
   head -n 16 "$OUT/profile_gram_small.txt"
   python3 benchmarks/bench_rounding_gram.py --only gram --out "$OUT" --write-dispatch --rep 40 \

@@ -41,6 +41,7 @@ class QuantConfig:
     wqer: bool = True
     rounding_steps: int = 100
     act_calib_images: int = 32      # images for activation calibration (one batch)
+    act_quantiles: tuple | None = None  # candidate clipping quantiles; None: the spec's
     batch_size: int = 32
     gptq_blocksize: int = 128
     gptq_percdamp: float = 0.01
@@ -66,6 +67,9 @@ class QuantConfig:
                 raise ValueError(f"{what} must be >= 0, got {v}")
         if self.batch_size < 1 or self.act_calib_images < 1:
             raise ValueError("batch_size and act_calib_images must be positive")
+        if self.act_quantiles is not None and (
+                not self.act_quantiles or not all(0.5 < float(p) <= 1.0 for p in self.act_quantiles)):
+            raise ValueError(f"act_quantiles must be values in (0.5, 1], got {self.act_quantiles!r}")
         return self
 
 
@@ -179,6 +183,8 @@ def _quantize(model, calib_loader, config, device):
     with report.phase("activation_calibration", device), torch.no_grad():
         for q in activation_quantizers(model):
             q.enabled, q.calibrating = True, True
+            if config.act_quantiles is not None:
+                q.quantiles = tuple(float(p) for p in config.act_quantiles)
         model(batches.images[: config.act_calib_images].to(device))
         set_quant_state(model, act=False)
     if config.reparam:

@@ -137,7 +137,9 @@ class UniformQuantizer(nn.Module):
     """Asymmetric uniform activation quantizer, per tensor or per channel (last dimension).
 
     Calibration (:meth:`calibrate`) tries the ranges ``[q(1-p), q(p)]`` for ``p`` in
-    :data:`ACT_QUANTILES` and keeps the one of least MSE (per channel when per-channel).
+    ``self.quantiles`` (:data:`ACT_QUANTILES`, the specification's, unless
+    ``QuantConfig.act_quantiles`` says otherwise) and keeps the one of least MSE (per channel
+    when per-channel).
     """
 
     def __init__(self, n_bits: int, per_channel: bool = False, channels: int | None = None):
@@ -150,6 +152,7 @@ class UniformQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.enabled = False
         self.calibrating = False
+        self.quantiles = ACT_QUANTILES  # candidate clipping quantiles (QuantConfig.act_quantiles)
 
     @property
     def qmax(self) -> int:
@@ -160,9 +163,9 @@ class UniformQuantizer(nn.Module):
         x = x.detach().float()
         if self.per_channel:
             x = x.reshape(-1, x.shape[-1])
-            lo, hi = tail_quantiles(x, ACT_QUANTILES, dim=0)  # (P, C)
+            lo, hi = tail_quantiles(x, self.quantiles, dim=0)  # (P, C)
         else:
-            lo, hi = tail_quantiles(x.reshape(-1), ACT_QUANTILES)  # (P,)
+            lo, hi = tail_quantiles(x.reshape(-1), self.quantiles)  # (P,)
         best = least_mse_range(x, lo, hi, self.n_bits, dim=0 if self.per_channel else None)
         self.scale = best[0].reshape(self.scale.shape).to(self.scale.device)
         self.zero = best[1].reshape(self.zero.shape).to(self.zero.device)
@@ -199,11 +202,12 @@ class LogSqrt2Quantizer(nn.Module):
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.enabled = False
         self.calibrating = False
+        self.quantiles = ACT_QUANTILES
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         x = x.detach().float().reshape(-1)
-        _, hi = tail_quantiles(x, ACT_QUANTILES)
+        _, hi = tail_quantiles(x, self.quantiles)
         # the table form gives the reference's values in a third of the passes; argmin takes
         # the first of equal errors, without a host synchronization
         errs = torch.stack([(log2_fake_quant(x, s.clamp_min(_EPS), self.n_bits) - x).pow(2).mean()

@@ -15,12 +15,14 @@ The bits are those of the int8 path: the graph writes the value ``v`` that path 
 accumulator entry (each entry gets exactly one per chunk; later chunks add theirs to it, as
 they would to an accumulator holding ``-0.0``, which gives ``v`` again), and the final add is
 the same ``acc + v``. Graphs are kept for at most :data:`MAX_GRAPHS` shapes (least recently used
-dropped); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors and calls made while a graph
-is being captured go to :func:`gram_int8.gram_update` directly.
+dropped); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph
+is being captured and shapes whose capture failed (said once, as a warning) go to
+:func:`gram_int8.gram_update` directly.
 """
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -36,6 +38,7 @@ MAX_D = 1024
 GEMM = "auto"  # the int8 GEMM inside the graph (gram_int8.run's ``gemm``)
 
 _GRAPHS: OrderedDict = OrderedDict()
+_FAILED: set = set()  # shapes whose capture failed once
 _LOCK = threading.Lock()
 
 
@@ -88,6 +91,7 @@ def clear() -> None:
     """Drop every captured graph (and its memory)."""
     with _LOCK:
         _GRAPHS.clear()
+        _FAILED.clear()
 
 
 def _numbers(scale, zero):
@@ -129,16 +133,26 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
            GEMM)
     with _LOCK:
         replay = _GRAPHS.get(key)
-        if replay is None:
+        if replay is None and key not in _FAILED:
             if s_t is None:
                 s_t, z_t, _ = gram_exact.quant_params(*nums, d, x.device)
-            replay = _Replay(x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices, GEMM)
-            _GRAPHS[key] = replay
-            while len(_GRAPHS) > MAX_GRAPHS:
-                _GRAPHS.popitem(last=False)
-        _GRAPHS.move_to_end(key)
-        replay(x, ata, atx, colsum, s_t, z_t, nums)
-    return None
+            try:
+                replay = _Replay(x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices,
+                                 GEMM)
+            except RuntimeError as exc:  # no graph for this shape: the int8 path, said once
+                _FAILED.add(key)
+                warnings.warn(f"erq_kernels.gram_graph: capture failed for N={n}, D={d} "
+                              f"({exc}); using the int8 path without a graph", RuntimeWarning)
+            else:
+                _GRAPHS[key] = replay
+                while len(_GRAPHS) > MAX_GRAPHS:
+                    _GRAPHS.popitem(last=False)
+        if replay is not None:
+            _GRAPHS.move_to_end(key)
+            replay(x, ata, atx, colsum, s_t, z_t, nums)
+            return None
+    return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax, chunk_rows=chunk_rows,
+                                 n_slices=n_slices, exact=exact)
 
 
 def gram_update_exact(x, ata, atx, colsum, scale=None, zero=None, qmax=None, **kw) -> None:

@@ -6,6 +6,8 @@ bit for bit (codes under TRITON_INTERPRET=1 on the CPU, ``torch._int_mm`` on the
 every quantizer form, chunked or not; the pipeline therefore gives the same quantized model
 in every backend.
 """
+import warnings
+
 import pytest
 import torch
 
@@ -231,3 +233,25 @@ def test_gpu_graph_replays_stay_exact_across_inputs_quantizers_and_streams():
         for a, b in zip(got, ref):
             assert torch.equal(a, b), step
     assert len(gram_graph._GRAPHS) == 1  # one shape, one graph
+
+
+@pytest.mark.gpu
+def test_gpu_graph_capture_failure_falls_back_once(monkeypatch):
+    gram_graph.clear()
+
+    def broken(*a, **kw):
+        raise RuntimeError("capture not possible here")
+    monkeypatch.setattr(torch.cuda, "graph", broken)
+    x, gen = _input(500, 40, 9, "cuda")
+    ref, got = _bufs(40, device="cuda"), _bufs(40, device="cuda")
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        gram_graph.gram_update_exact(x, *got, 0.05, 7.3, 15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning (a second try) would raise here
+        gram_graph.gram_update_exact(x, *got, 0.05, 7.3, 15)
+    for _ in range(2):
+        gram_exact.gram_update(x, *ref, 0.05, 7.3, 15)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    assert not gram_graph._GRAPHS
+    gram_graph.clear()

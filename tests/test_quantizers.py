@@ -76,6 +76,20 @@ def test_activation_calibration_picks_least_mse_range():
     assert q.scale.item() == pytest.approx(((hi - lo) / 15).item(), rel=1e-5)
 
 
+def test_activation_quantiles_can_be_widened_and_are_validated():
+    from erq.pipeline import QuantConfig
+    x = torch.randn(20000)
+    x[:3] = 50.0
+    q = UniformQuantizer(8)
+    q.quantiles = (1.0,)  # the full range only: min and max
+    q.calibrate(x)
+    assert q.scale.item() == pytest.approx(((x.max() - x.min()) / 255).item(), rel=1e-6)
+    for bad in ((), (0.3,), (0.99, 1.5)):
+        with pytest.raises(ValueError, match="act_quantiles"):
+            QuantConfig(act_quantiles=bad).validate()
+    assert QuantConfig(act_quantiles=(0.99, 1.0)).validate().act_quantiles == (0.99, 1.0)
+
+
 def test_per_channel_activation_quantizer_has_one_range_per_channel():
     x = torch.randn(4000, 5) * torch.tensor([0.1, 1.0, 10.0, 3.0, 0.5])
     q = UniformQuantizer(4, per_channel=True, channels=5)
