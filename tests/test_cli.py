@@ -59,3 +59,11 @@ def test_bench_table_reports_speed_up_and_growth():
     assert "| b | 512 | default |" in out and "| 9.00 | 1.00 | 2.7x |" in out
     assert "b: 32 img 3.00 s (3.0x), 512 img 9.00 s (4.5x); 512/32 images: 3.0x" in out
     assert "a: 32 img 4.00 s (1.0x), 512 img 8.00 s (1.0x); 512/32 images: 2.0x" in out
+
+
+def test_bad_activation_quantiles_are_refused(tmp_path, capsys):
+    rc = main(["quantize", "--calib", str(tmp_path), "--val", str(tmp_path), "--quiet",
+               "--act-quantiles", "0.999", "0.3"])
+    assert rc != 0
+    captured = capsys.readouterr()
+    assert "act_quantiles" in captured.err + captured.out
