@@ -14,7 +14,7 @@ import erq_kernels
 from .aqer import aqer
 from .gptq import gptq
 from .modules import QuantConv2d, QuantLinear, activation_quantizers, set_quant_state, weighted_layers
-from .quantizers import calibrate_weights
+from .quantizers import ACT_QUANTILES, calibrate_weights
 from .reparam import reparameterize
 from .solve import damping, group_by_shape
 from .stats import OutputError, all_finite, collect_stats
@@ -183,8 +183,8 @@ def _quantize(model, calib_loader, config, device):
     with report.phase("activation_calibration", device), torch.no_grad():
         for q in activation_quantizers(model):
             q.enabled, q.calibrating = True, True
-            if config.act_quantiles is not None:
-                q.quantiles = tuple(float(p) for p in config.act_quantiles)
+            q.quantiles = (ACT_QUANTILES if config.act_quantiles is None
+                           else tuple(float(p) for p in config.act_quantiles))
         model(batches.images[: config.act_calib_images].to(device))
         set_quant_state(model, act=False)
     if config.reparam:

@@ -12,10 +12,12 @@ call then copies ``X`` and the quantizer into those buffers, replays the graph (
 and adds the graph's output to the caller's accumulators (one ``_foreach_add_``).
 
 The bits are those of the int8 path: the graph writes the value ``v`` that path adds to each
-accumulator entry (each entry gets exactly one per chunk; later chunks add theirs to it, as
-they would to an accumulator holding ``-0.0``, which gives ``v`` again), and the final add is
-the same ``acc + v``. Graphs are kept for at most :data:`MAX_GRAPHS` shapes (least recently used
-dropped); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph
+accumulator entry (each entry gets exactly one; a fill of ``-0.0`` plus ``v`` would give ``v``
+again), and the final add is the same ``acc + v``. That argument needs a single chunk of rows
+(:func:`gram_int8.rows_per_chunk`); inputs of several chunks go to the int8 path. Each new
+shape (``N`` included: a smaller last batch is a new shape) costs one capture, which
+synchronizes the device and empties the allocator's cache. Graphs are kept for at most :data:`MAX_GRAPHS` shapes (least recently used
+dropped, after their replays in flight finish); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph
 is being captured and shapes whose capture failed (said once, as a warning) go to
 :func:`gram_int8.gram_update` directly.
 """
@@ -33,7 +35,7 @@ from .gram_exact import N_SLICES
 __all__ = ["gram_update", "gram_update_exact", "clear", "MAX_GRAPHS", "MAX_ELEMENTS"]
 
 MAX_GRAPHS = 8
-MAX_ELEMENTS = 1 << 22  # N x D; the graph's private memory is ~12 bytes per element of X
+MAX_ELEMENTS = 1 << 22  # N x D; a graph holds ~12 bytes per element of X plus ~50 D^2 bytes
 MAX_D = 1024
 GEMM = "auto"  # the int8 GEMM inside the graph (gram_int8.run's ``gemm``)
 
@@ -51,8 +53,10 @@ class _Replay:
         self.x = torch.empty((n, d), dtype=x.dtype, device=dev)
         self.sz = torch.empty(2 * s_t.numel(), dtype=torch.float32, device=dev)
         self.s, self.z = self.sz.chunk(2)  # filled by one torch.cat per call
-        self.out = [torch.empty(d + 1, d + 1, device=dev), torch.empty(d + 1, d + 1, device=dev),
-                    torch.empty(d + 1, device=dev)]
+        f32 = torch.float32
+        self.out = [torch.empty(d + 1, d + 1, dtype=f32, device=dev),
+                    torch.empty(d + 1, d + 1, dtype=f32, device=dev),
+                    torch.empty(d + 1, dtype=f32, device=dev)]
         self.last_params = None  # the Python-number quantizer last written to self.s, self.z
         self.done = torch.cuda.Event()
 
@@ -88,8 +92,10 @@ class _Replay:
 
 
 def clear() -> None:
-    """Drop every captured graph (and its memory)."""
+    """Drop every captured graph (and its memory), after the replays in flight are done."""
     with _LOCK:
+        for replay in _GRAPHS.values():
+            replay.done.synchronize()
         _GRAPHS.clear()
         _FAILED.clear()
 
@@ -129,9 +135,14 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         s_t = z_t = None
         numel, s_stride, integer_z = 1, 0, gram_exact.integer_zero(nums[1])
     qmax = int(qmax)
+    if n > gram_int8.rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices):
+        # several chunks: the graph's output (v1 + v2 + ...) added to the accumulators would
+        # round differently from the definition's ((acc + v1) + v2) + ...
+        return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax,
+                                     chunk_rows=chunk_rows, n_slices=n_slices, exact=exact)
     key = (x.device.index, n, d, x.dtype, numel, s_stride, integer_z, qmax, chunk_rows, n_slices,
            GEMM)
-    with _LOCK:
+    with _LOCK, torch.cuda.device(x.device):  # capture and replay on x's device
         replay = _GRAPHS.get(key)
         if replay is None and key not in _FAILED:
             if s_t is None:
@@ -139,14 +150,14 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
             try:
                 replay = _Replay(x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices,
                                  GEMM)
-            except RuntimeError as exc:  # no graph for this shape: the int8 path, said once
+            except Exception as exc:  # no graph for this shape: the int8 path, said once
                 _FAILED.add(key)
                 warnings.warn(f"erq_kernels.gram_graph: capture failed for N={n}, D={d} "
                               f"({exc}); using the int8 path without a graph", RuntimeWarning)
             else:
                 _GRAPHS[key] = replay
                 while len(_GRAPHS) > MAX_GRAPHS:
-                    _GRAPHS.popitem(last=False)
+                    _GRAPHS.popitem(last=False)[1].done.synchronize()
         if replay is not None:
             _GRAPHS.move_to_end(key)
             replay(x, ata, atx, colsum, s_t, z_t, nums)

@@ -477,6 +477,16 @@ def product_bytes(d: int, integer_z: bool, n_slices: int = N_SLICES) -> int:
     return (planes_k * dp + _ALIGN) * ((planes_k + n_slices) * dp + _ALIGN) * 4
 
 
+def rows_per_chunk(qmax: int, d: int, integer_z: bool, chunk_rows: int | None = None,
+                   n_slices: int = N_SLICES) -> int:
+    """Rows per chunk of :func:`run` (the definition's :func:`max_chunk_rows`, capped by
+    ``chunk_rows``)."""
+    chunk = max_chunk_rows(qmax, d, (1 if integer_z else 2) + n_slices)
+    if chunk_rows:
+        chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
+    return chunk
+
+
 def run(x, ata, atx, colsum, s_t, z_t, s_stride: int, integer_z: bool, qmax: int,
         chunk_rows: int | None = None, n_slices: int = N_SLICES, gemm: str = "auto",
         fresh: bool = False) -> None:
@@ -485,17 +495,16 @@ def run(x, ata, atx, colsum, s_t, z_t, s_stride: int, integer_z: bool, qmax: int
     (``s_stride`` 0 or 1), ``integer_z`` whether every zero point is an integer. No host
     synchronization, so it can be captured in a CUDA graph (:mod:`erq_kernels.gram_graph`).
     ``gemm``: ``"cublas"`` (``torch._int_mm``), ``"triton"`` (:func:`int8_gemm`) or ``"auto"``
-    (:func:`gemm_plan`), all exact. ``fresh``: the accumulators are overwritten with this call's
-    statistics instead of added to (one chunk only), i.e. ``acc = -0.0 + v``, saving their fills
-    in :mod:`erq_kernels.gram_graph`."""
+    (:func:`gemm_plan`), all exact. ``fresh``: the first chunk overwrites the accumulators
+    instead of adding to them (``acc = v1``, as ``-0.0 + v1``; later chunks add), saving their
+    fills in :mod:`erq_kernels.gram_graph`, which uses it for single-chunk inputs only: with
+    several chunks ``(v1 + v2) + acc`` is not the definition's ``(acc + v1) + v2``."""
     n, d = x.shape
     dev = x.device
     off = (qmax + 1) // 2
     planes_k = 1 if integer_z else 2
     dp = gram_exact.ceil_to(d, _ALIGN)
-    chunk = max_chunk_rows(qmax, d, planes_k + n_slices)
-    if chunk_rows:
-        chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
+    chunk = rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices)
     planes = planes_k + n_slices
     lk = planes_k * dp + _ALIGN  # rows of the left operand: K (, m) and the ones block
     amax = col_max(x)  # -> the power-of-two column scales of X
