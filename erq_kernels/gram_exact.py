@@ -55,6 +55,17 @@ def max_chunk_rows(qmax: int, d: int, planes: int) -> int:
     return max(ALIGN, min(exact, memory) // ALIGN * ALIGN)
 
 
+def rows_per_chunk(qmax: int, d: int, integer_z: bool, chunk_rows: int | None = None,
+                   n_slices: int = N_SLICES) -> int:
+    """Rows per chunk: :func:`max_chunk_rows` for the planes of this quantizer (the clamp
+    indicator only with a fractional zero point), capped by ``chunk_rows`` (a multiple of
+    :data:`ALIGN`, at least one)."""
+    chunk = max_chunk_rows(qmax, d, (1 if integer_z else 2) + n_slices)
+    if chunk_rows:
+        chunk = max(ALIGN, min(chunk, chunk_rows // ALIGN * ALIGN))
+    return chunk
+
+
 def _param(v, d: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """A quantizer parameter as an fp32 device tensor and its stride over channels (0 or 1)."""
     if isinstance(v, torch.Tensor):
@@ -210,9 +221,7 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     qmax = int(qmax)
     off = float((qmax + 1) // 2)
     frac = not integer_zero(zero)
-    chunk = max_chunk_rows(qmax, d, (2 if frac else 1) + n_slices)
-    if chunk_rows:
-        chunk = max(ALIGN, min(chunk, chunk_rows // ALIGN * ALIGN))
+    chunk = rows_per_chunk(qmax, d, not frac, chunk_rows, n_slices)
     lo, hi = torch.aminmax(x, dim=0)
     e, bad = col_exponent(lo, hi)
     sig = pow2(e).double()

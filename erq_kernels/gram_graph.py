@@ -14,7 +14,7 @@ and adds the graph's output to the caller's accumulators (one ``_foreach_add_``)
 The bits are those of the int8 path: the graph writes the value ``v`` that path adds to each
 accumulator entry (each entry gets exactly one; a fill of ``-0.0`` plus ``v`` would give ``v``
 again), and the final add is the same ``acc + v``. That argument needs a single chunk of rows
-(:func:`gram_int8.rows_per_chunk`); inputs of several chunks go to the int8 path. Each new
+(:func:`gram_exact.rows_per_chunk`); inputs of several chunks go to the int8 path. Each new
 shape (``N`` included: a smaller last batch is a new shape) costs one capture, which
 synchronizes the device and empties the allocator's cache. Graphs are kept for at most :data:`MAX_GRAPHS` shapes (least recently used
 dropped, after their replays in flight finish); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph
@@ -121,12 +121,19 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     :func:`erq_kernels.gram_prepare` to avoid one host synchronization per call, as in the int8
     path.
     """
+    if not _replayed(x, ata, atx, colsum, scale, zero, qmax, chunk_rows, n_slices):
+        return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax,
+                                     chunk_rows=chunk_rows, n_slices=n_slices, exact=exact)
+    return None
+
+
+def _replayed(x, ata, atx, colsum, scale, zero, qmax, chunk_rows, n_slices) -> bool:
+    """Run the call through its shape's graph; ``False`` (nothing done) where none applies."""
     n, d = x.shape if x.dim() == 2 else (0, 0)
     if (not x.is_cuda or n == 0 or n * d > MAX_ELEMENTS or d > MAX_D
             or not gram_int8.supported(x, ata, atx, colsum, scale, qmax)
             or torch.cuda.is_current_stream_capturing()):
-        return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax,
-                                     chunk_rows=chunk_rows, n_slices=n_slices, exact=exact)
+        return False
     nums = _numbers(scale, zero)
     if nums is None:
         s_t, z_t, s_stride, integer_z = gram_int8._params(scale, zero, d, x.device)
@@ -135,35 +142,42 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         s_t = z_t = None
         numel, s_stride, integer_z = 1, 0, gram_exact.integer_zero(nums[1])
     qmax = int(qmax)
-    if n > gram_int8.rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices):
+    if n > gram_exact.rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices):
         # several chunks: the graph's output (v1 + v2 + ...) added to the accumulators would
         # round differently from the definition's ((acc + v1) + v2) + ...
-        return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax,
-                                     chunk_rows=chunk_rows, n_slices=n_slices, exact=exact)
-    key = (x.device.index, n, d, x.dtype, numel, s_stride, integer_z, qmax, chunk_rows, n_slices,
-           GEMM)
+        return False
+    key = (x.device.index, n, d, x.dtype, numel, s_stride, integer_z, qmax, chunk_rows,
+           n_slices, GEMM)
     with _LOCK, torch.cuda.device(x.device):  # capture and replay on x's device
-        replay = _GRAPHS.get(key)
-        if replay is None and key not in _FAILED:
-            if s_t is None:
-                s_t, z_t, _ = gram_exact.quant_params(*nums, d, x.device)
-            try:
-                replay = _Replay(x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices,
-                                 GEMM)
-            except Exception as exc:  # no graph for this shape: the int8 path, said once
-                _FAILED.add(key)
-                warnings.warn(f"erq_kernels.gram_graph: capture failed for N={n}, D={d} "
-                              f"({exc}); using the int8 path without a graph", RuntimeWarning)
-            else:
-                _GRAPHS[key] = replay
-                while len(_GRAPHS) > MAX_GRAPHS:
-                    _GRAPHS.popitem(last=False)[1].done.synchronize()
-        if replay is not None:
-            _GRAPHS.move_to_end(key)
-            replay(x, ata, atx, colsum, s_t, z_t, nums)
+        replay = _replay_for(key, nums, x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows,
+                             n_slices)
+        if replay is None:
+            return False
+        replay(x, ata, atx, colsum, s_t, z_t, nums)
+    return True
+
+
+def _replay_for(key, nums, x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices):
+    """The graph of ``key`` (captured now, from the call's arguments, if it is new), or
+    ``None`` where its capture failed; called with :data:`_LOCK` held."""
+    replay = _GRAPHS.get(key)
+    if replay is None and key not in _FAILED:
+        if s_t is None:
+            s_t, z_t, _ = gram_exact.quant_params(*nums, x.shape[1], x.device)
+        try:
+            replay = _Replay(x, s_t, z_t, s_stride, integer_z, qmax, chunk_rows, n_slices, GEMM)
+        except Exception as exc:  # no graph for this shape: the int8 path, said once
+            _FAILED.add(key)
+            warnings.warn(f"erq_kernels.gram_graph: capture failed for N={x.shape[0]}, "
+                          f"D={x.shape[1]} "
+                          f"({exc}); using the int8 path without a graph", RuntimeWarning)
             return None
-    return gram_int8.gram_update(x, ata, atx, colsum, scale, zero, qmax, chunk_rows=chunk_rows,
-                                 n_slices=n_slices, exact=exact)
+        _GRAPHS[key] = replay
+        while len(_GRAPHS) > MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)[1].done.synchronize()
+    if replay is not None:
+        _GRAPHS.move_to_end(key)
+    return replay
 
 
 def gram_update_exact(x, ata, atx, colsum, scale=None, zero=None, qmax=None, **kw) -> None:

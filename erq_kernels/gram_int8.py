@@ -477,16 +477,6 @@ def product_bytes(d: int, integer_z: bool, n_slices: int = N_SLICES) -> int:
     return (planes_k * dp + _ALIGN) * ((planes_k + n_slices) * dp + _ALIGN) * 4
 
 
-def rows_per_chunk(qmax: int, d: int, integer_z: bool, chunk_rows: int | None = None,
-                   n_slices: int = N_SLICES) -> int:
-    """Rows per chunk of :func:`run` (the definition's :func:`max_chunk_rows`, capped by
-    ``chunk_rows``)."""
-    chunk = max_chunk_rows(qmax, d, (1 if integer_z else 2) + n_slices)
-    if chunk_rows:
-        chunk = max(_ALIGN, min(chunk, chunk_rows // _ALIGN * _ALIGN))
-    return chunk
-
-
 def run(x, ata, atx, colsum, s_t, z_t, s_stride: int, integer_z: bool, qmax: int,
         chunk_rows: int | None = None, n_slices: int = N_SLICES, gemm: str = "auto",
         fresh: bool = False) -> None:
@@ -504,7 +494,7 @@ def run(x, ata, atx, colsum, s_t, z_t, s_stride: int, integer_z: bool, qmax: int
     off = (qmax + 1) // 2
     planes_k = 1 if integer_z else 2
     dp = gram_exact.ceil_to(d, _ALIGN)
-    chunk = rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices)
+    chunk = gram_exact.rows_per_chunk(qmax, d, integer_z, chunk_rows, n_slices)
     planes = planes_k + n_slices
     lk = planes_k * dp + _ALIGN  # rows of the left operand: K (, m) and the ones block
     amax = col_max(x)  # -> the power-of-two column scales of X
