@@ -60,6 +60,34 @@ def plan(name: str) -> list[dict]:
     elif name == "actq_tight":  # the grid that did better on seed 0, on seeds 1 and 2
         runs += [dict(method="erq", bits="W4A4", seed=s, act_quantiles=ACT_GRIDS["tight"], **AUTHORS)
                  for s in (1, 2)]
+    elif name == "ablation":  # the authors' published ablations on these assets (ANCHORS.md 2)
+        runs += [dict(method="erq", bits="W4A4", seed=0, aqer=True, wqer=False, **AUTHORS),
+                 dict(method="erq", bits="W4A4", seed=0, aqer=False, wqer=True, **AUTHORS)]
+        for bits in ("W4A4", "W3A4", "W5A5"):
+            runs += [dict(method="erq", bits=bits, seed=0, dual=False, **AUTHORS),
+                     dict(method="rtn", bits=bits, seed=0, dual=False)]
+        runs += [dict(method="erq", bits=b, seed=0, lam=2000.0, lam_rel=None) for b in ("W4A4", "W3A4")]
+    elif name == "postgelu":  # fc2 input per channel (beyond the spec), seed 0 first
+        runs += [dict(method="erq", bits="W4A4", seed=0, post_gelu="channel", **AUTHORS),
+                 dict(method="erq", bits="W4A4", seed=0, post_gelu="channel", reparam=False, **AUTHORS),
+                 dict(method="rtn", bits="W4A4", seed=0, post_gelu="channel"),
+                 dict(method="rtn", bits="W8A8", seed=0, post_gelu="channel")]
+    elif name == "postgelu_seeds":  # the same on three seeds and three bit-widths (GPU)
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
+            runs += [dict(method="erq", bits=bits, seed=seed, **AUTHORS),
+                     dict(method="rtn", bits=bits, seed=seed),
+                     dict(method="erq", bits=bits, seed=seed, post_gelu="channel", **AUTHORS),
+                     dict(method="rtn", bits=bits, seed=seed, post_gelu="channel"),
+                     dict(method="erq", bits=bits, seed=seed, post_gelu="channel",
+                          calib_mode="sequential", **AUTHORS),
+                     dict(method="erq", bits=bits, seed=seed, post_gelu="channel", reparam=False,
+                          **AUTHORS)]
+    elif name == "postgelu_ncalib":  # more calibration images with the per-channel option
+        for n, mode in itertools.product((128, 512), ("independent", "sequential")):
+            runs.append(dict(method="erq", bits="W4A4", seed=0, num_calib=n, calib_mode=mode,
+                             post_gelu="channel", **AUTHORS))
+        runs.append(dict(method="erq", bits="W4A4", seed=0, num_calib=512, post_gelu="channel",
+                         reparam=False, **AUTHORS))
     else:
         raise SystemExit(f"unknown plan {name!r}")
     return runs
@@ -77,6 +105,9 @@ def main(argv=None):
     ap.add_argument("--num-val", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--extra", default="{}", help="JSON of QuantConfig fields for every run")
+    ap.add_argument("--calib-files", default=None,
+                    help="JSON {seed: [files]} made by select_calibration on the full folder, for "
+                         "a --data whose imagenet-calib holds only those files (the GPU copy)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     data = Path(args.data)
@@ -96,6 +127,7 @@ def main(argv=None):
     print(f"validation images decoded in {time.perf_counter() - t:.1f} s", flush=True)
     calib_cache = {}
     extra = json.loads(args.extra)
+    chosen = json.loads(Path(args.calib_files).read_text()) if args.calib_files else {}
     for run in itertools.chain.from_iterable(plan(p) for p in args.plan):
         run = {**run, **extra}
         k = key(run)
@@ -109,7 +141,9 @@ def main(argv=None):
         else:
             ck = (run["seed"], n_calib)
             if ck not in calib_cache:
-                files = select_calibration(data / "imagenet-calib", n_calib, run["seed"])
+                listed = chosen.get(str(run["seed"]), [])
+                files = (listed if len(listed) == n_calib else
+                         select_calibration(data / "imagenet-calib", n_calib, run["seed"]))
                 ds = ImageFolderDataset(data / "imagenet-calib", tf, files=files)
                 calib_cache[ck] = [x for x, _ in make_loader(ds, 32)]
             fields = {k2: v for k2, v in run.items() if k2 not in ("bits", "seed", "num_calib")}

@@ -138,6 +138,8 @@ def main(argv=None):
     p.add_argument("--fast-linalg", action="store_true",
                    help="also: the default backend with QuantConfig(fast_linalg=True) (first seed)")
     p.add_argument("--eval-batch", type=int, default=250)
+    p.add_argument("--post-gelu", default="tensor", choices=("tensor", "channel"),
+                   help="QuantConfig.post_gelu of every run")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,7 +149,8 @@ def main(argv=None):
     val_x, val_y = load_images(data / "imagenet-val", None, tf, fp_model.num_classes, args.num_val)
     fp_model = fp_model.to(device)
     chosen = json.loads(Path(args.calib_files).read_text()) if args.calib_files else {}
-    cfg = QuantConfig(method="erq", w_bits=args.bits[0], a_bits=args.bits[1], progress=False)
+    cfg = QuantConfig(method="erq", w_bits=args.bits[0], a_bits=args.bits[1],
+                      post_gelu=args.post_gelu, progress=False)
     records = []
     head = {"device": device_name(device), "versions": versions(),
             "date": time.strftime("%Y-%m-%d"), "bits": args.bits, "num_val": len(val_y)}

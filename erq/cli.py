@@ -15,6 +15,7 @@ import torch
 from . import __version__
 from .data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform, select_calibration
 from .pipeline import CALIB_MODES, METHODS, QuantConfig
+from .wrap import POST_GELU
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 DEFAULT_CHECKPOINTS = {DEFAULT_MODEL: "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"}
@@ -95,6 +96,7 @@ def cmd_quantize(args) -> dict:
         batch_size=args.batch_size, gptq_act_order=args.act_order,
         fast_linalg=args.fast_linalg, progress=not args.quiet,
         act_quantiles=tuple(args.act_quantiles) if args.act_quantiles else None,
+        post_gelu=args.post_gelu,
     ).validate()
     phases = {}
     t0 = time.perf_counter()
@@ -108,7 +110,8 @@ def cmd_quantize(args) -> dict:
     result = {"model": args.model, "method": args.method, "w_bits": args.w_bits,
               "a_bits": args.a_bits, "num_calib": args.num_calib, "seed": args.seed,
               "calib_mode": args.calib_mode, "lambda": args.lam, "lambda_rel": config.lam_rel,
-              "dual": config.dual, "num_val": len(val.dataset), "device": device_name(device),
+              "dual": config.dual, "post_gelu": config.post_gelu, "num_val": len(val.dataset),
+              "device": device_name(device),
               "versions": versions(), "calib_files": files}
     model = model.to(device)
     if not args.skip_fp:
@@ -198,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: ridge lambda relative to the mean diagonal of A^T A")
     q.add_argument("--no-dual", action="store_true", help="no dual uniform quantization of qkv/fc1")
     q.add_argument("--no-reparam", action="store_true", help="no scale reparameterization")
+    q.add_argument("--post-gelu", choices=POST_GELU, default=QuantConfig.post_gelu,
+                   help="fc2 input quantizer: 'tensor' (the specification) or 'channel' (per "
+                        "channel, scales folded into fc2; beyond the specification)")
     q.add_argument("--rounding-steps", type=int, default=100)
     q.add_argument("--act-calib", type=int, default=32, help="images for activation calibration")
     q.add_argument("--act-quantiles", type=float, nargs="+", default=None, metavar="P",

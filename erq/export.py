@@ -8,8 +8,8 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from .modules import weighted_layers
-from .wrap import wrap_model
+from .modules import ChannelScale, weighted_layers
+from .wrap import post_gelu_mlps, wrap_model
 
 FORMAT = "erq-quantized-v1"
 
@@ -72,8 +72,13 @@ def load_quantized(path, device="cpu"):
     tensors = load_file(str(path))
     kwargs = json.loads(meta.get("model_kwargs", "{}"))
     model = timm.create_model(meta["model"], pretrained=False, **kwargs).eval()
-    wrap_model(model, config["w_bits"], config["a_bits"], dual=config["dual"])
+    wrap_model(model, config["w_bits"], config["a_bits"], dual=config["dual"],
+               post_gelu=config.get("post_gelu", "tensor"))
     model.erq_config.update(config)
+    for mlp_name, mlp in model.named_modules():  # folded post-GELU scales (reparam.fold_post_gelu)
+        inv = tensors.get(f"{mlp_name}.norm.inv")
+        if inv is not None and mlp in post_gelu_mlps(model):
+            mlp.norm = ChannelScale(torch.empty_like(inv))
     for name, m in weighted_layers(model):
         if name not in shapes:
             raise ValueError(f"{path}: no weights for layer {name}")

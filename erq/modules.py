@@ -43,6 +43,26 @@ class QuantConv2d(nn.Conv2d):
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+class ChannelScale(nn.Module):
+    """``x * inv`` per channel (last dimension): the per-channel scales of a post-GELU input
+    quantizer divided out before ``fc2`` (:func:`erq.reparam.fold_post_gelu`), so that the
+    quantizer works in units of its own steps and ``fc2``'s weights carry the scales.
+
+    It replaces the ``nn.Identity`` that timm's ``Mlp`` keeps between activation and ``fc2``;
+    in an integer deployment it is the per-channel multiplier of the activation's requantization.
+    """
+
+    def __init__(self, inv: torch.Tensor):
+        super().__init__()
+        self.register_buffer("inv", inv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.inv.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.inv.numel()}"
+
+
 def make_quant_linear(m: nn.Linear, w_bits: int, a_bits: int, *, per_channel_input: bool,
                       dual: bool, quant_input: bool = True) -> QuantLinear:
     m.__class__ = QuantLinear

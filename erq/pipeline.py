@@ -19,7 +19,7 @@ from .reparam import reparameterize
 from .solve import damping, group_by_shape
 from .stats import OutputError, all_finite, collect_stats
 from .wqer import wqer
-from .wrap import wrap_model
+from .wrap import POST_GELU, wrap_model
 
 log = logging.getLogger("erq")
 METHODS = ("rtn", "gptq", "erq")
@@ -36,6 +36,7 @@ class QuantConfig:
     lam: float | None = 1000.0      # absolute ridge lambda (authors: 1000 = 0.1 * coe; measured best)
     lam_rel: float | None = None    # or: lambda relative to the mean diagonal of A^T A
     dual: bool = True               # dual uniform quantization of qkv / fc1 weights
+    post_gelu: str = "tensor"       # fc2 input quantizer: "tensor" (spec) or "channel" (folded)
     reparam: bool = True
     aqer: bool = True
     wqer: bool = True
@@ -56,6 +57,8 @@ class QuantConfig:
     def validate(self) -> "QuantConfig":
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.post_gelu not in POST_GELU:
+            raise ValueError(f"post_gelu must be one of {POST_GELU}, got {self.post_gelu!r}")
         if self.calib_mode not in CALIB_MODES:
             raise ValueError(f"calib_mode must be one of {CALIB_MODES}, got {self.calib_mode!r}")
         if self.lam is not None and self.lam_rel is not None:
@@ -176,7 +179,8 @@ def _quantize(model, calib_loader, config, device):
     batches = _Batches(calib_loader, config.batch_size)
     report.calib_images = len(batches)
     with report.phase("wrap", device), torch.device(device):  # quantizer buffers made in place
-        wrap_model(model, config.w_bits, config.a_bits, dual=config.dual)
+        wrap_model(model, config.w_bits, config.a_bits, dual=config.dual,
+                   post_gelu=config.post_gelu)
         model.to(device)
     layers = dict(weighted_layers(model))
 

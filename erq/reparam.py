@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .wrap import post_norm_pairs
+from .modules import ChannelScale
+from .wrap import post_gelu_mlps, post_norm_pairs
 
 
 @torch.no_grad()
@@ -18,7 +19,8 @@ def reparameterize(model: nn.Module) -> int:
     The FP function is unchanged. The quantized function changes a little: ``z`` is a
     fractional mean (as in RepQ-ViT), and ``round(x / s) + z`` then rounds on multiples of
     ``s`` rather than on the images of the per-channel grids.
-    Returns the number of pairs changed.
+    Per-channel post-GELU quantizers (``post_gelu="channel"``) are folded by
+    :func:`fold_post_gelu`. Returns the number of layers changed.
     """
     count = 0
     for norm, lin in post_norm_pairs(model):
@@ -40,5 +42,36 @@ def reparameterize(model: nn.Module) -> int:
         else:
             lin.bias.add_(extra)
         iq.set_per_tensor(s, z)
+        count += 1
+    return count + fold_post_gelu(model)
+
+
+@torch.no_grad()
+def fold_post_gelu(model: nn.Module) -> int:
+    """Fold the scales of every calibrated per-channel ``fc2`` input quantizer into ``fc2``.
+
+    GELU has no affine parameters to absorb them, so the ``nn.Identity`` between activation
+    and ``fc2`` becomes :class:`~erq.modules.ChannelScale` (``x / s_c``), ``W[:, c] <- W[:, c]
+    s_c`` and the quantizer keeps its zero points with unit scales. The FP function is
+    unchanged up to the rounding of ``x * (1 / s_c)``; the codes are the per-channel
+    quantizer's ``round(x / s_c) + z_c`` up to that rounding; the weights quantized afterwards
+    are the folded ones, so an integer kernel needs no per-channel factor inside its dot
+    products.
+    Returns the number of layers folded.
+    """
+    count = 0
+    for mlp in post_gelu_mlps(model):
+        iq = getattr(mlp.fc2, "input_quant", None)
+        if iq is None or not iq.per_channel or not bool(iq.calibrated):
+            continue
+        if isinstance(mlp.norm, ChannelScale):
+            raise ValueError(f"{mlp!r}: post-GELU scales are already folded")
+        if not isinstance(mlp.norm, nn.Identity):
+            raise ValueError(f"cannot fold post-GELU scales: {type(mlp.norm).__name__} between "
+                             "the activation and fc2 (only nn.Identity is supported)")
+        s = iq.scale.float()
+        mlp.norm = ChannelScale((1.0 / s).to(mlp.fc2.weight.dtype))
+        mlp.fc2.weight.mul_(s.to(mlp.fc2.weight.dtype))
+        iq.scale = torch.ones_like(iq.scale)
         count += 1
     return count

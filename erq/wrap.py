@@ -29,7 +29,9 @@ KNOWN_TYPES = {
     "Dropout", "Identity", "DropPath", "LayerScale", "Sequential", "ModuleList", "Softmax",
     "ClassifierHead", "NormMlpClassifierHead", "SelectAdaptivePool2d", "Flatten", "Format",
     "AdaptiveAvgPool2d", "FastAdaptiveAvgPool", "Linear", "Conv2d", "Attention", "WindowAttention", "Tanh",
+    "ChannelScale",
 }
+POST_GELU = ("tensor", "channel")  # input quantizer of the layer after the MLP's activation
 
 
 class _QuantAttentionMixin:
@@ -118,15 +120,30 @@ def post_norm_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return pairs
 
 
-def wrap_model(model: nn.Module, w_bits: int = 4, a_bits: int = 4, dual: bool = True) -> nn.Module:
+def post_gelu_mlps(model: nn.Module) -> list[nn.Module]:
+    """timm ``Mlp`` modules (``fc1 -> act -> norm -> fc2``): ``fc2``'s input is post-GELU."""
+    return [m for m in model.modules()
+            if all(hasattr(m, a) for a in ("fc1", "act", "fc2", "norm"))
+            and isinstance(m.fc2, nn.Linear)]
+
+
+def wrap_model(model: nn.Module, w_bits: int = 4, a_bits: int = 4, dual: bool = True,
+               post_gelu: str = "tensor") -> nn.Module:
     """Wrap ``model`` in place and return it; all quantization starts off.
 
-    ``dual`` turns on dual uniform quantization of ``qkv`` and ``fc1`` weights.
+    ``dual`` turns on dual uniform quantization of ``qkv`` and ``fc1`` weights. ``post_gelu``:
+    ``"tensor"`` (the specification) quantizes ``fc2``'s input per tensor; ``"channel"`` per
+    channel, to be folded into ``fc2`` by :func:`erq.reparam.reparameterize`, and (with
+    ``dual``) quantizes ``fc2``'s weights with two column groups too (beyond the
+    specification; ``benchmarks/RESULTS.md`` section 1 has what it does to accuracy).
     """
     if getattr(model, "erq_config", None) is not None:
         raise ValueError("model is already wrapped")
+    if post_gelu not in POST_GELU:
+        raise ValueError(f"post_gelu must be one of {POST_GELU}, got {post_gelu!r}")
     check_supported(model)
     post_norm = {id(lin) for _, lin in post_norm_pairs(model)}
+    post_act = {id(mlp.fc2) for mlp in post_gelu_mlps(model)} if post_gelu == "channel" else set()
     for name, m in list(model.named_modules()):
         kind = _attention_kind(m)
         if kind is not None:
@@ -134,8 +151,11 @@ def wrap_model(model: nn.Module, w_bits: int = 4, a_bits: int = 4, dual: bool = 
             m.matmul_qk, m.matmul_pv = attention_matmuls(a_bits)
         elif type(m) is nn.Linear:
             pn = id(m) in post_norm
-            make_quant_linear(m, w_bits, a_bits, per_channel_input=pn, dual=dual and pn)
+            pa = id(m) in post_act
+            # the weights that absorb per-channel activation scales (reparameterization, the
+            # post-GELU fold) get column outliers: dual uniform quantization is for them
+            make_quant_linear(m, w_bits, a_bits, per_channel_input=pn or pa, dual=dual and (pn or pa))
         elif type(m) is nn.Conv2d:
             make_quant_conv(m, w_bits)
-    model.erq_config = {"w_bits": w_bits, "a_bits": a_bits, "dual": dual}
+    model.erq_config = {"w_bits": w_bits, "a_bits": a_bits, "dual": dual, "post_gelu": post_gelu}
     return model

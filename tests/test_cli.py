@@ -25,9 +25,10 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, capsys):
     save_file(full.state_dict(), str(ckpt))
     rc = main(["quantize", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--calib", str(calib),
                "--val", str(val), "--num-calib", "4", "--seed", "3", "--method", "rtn", "--quiet",
-               "--workers", "0", "--json", str(out), "--save", str(saved)])
+               "--workers", "0", "--json", str(out), "--save", str(saved), "--post-gelu", "channel"])
     assert rc == 0
     r = json.loads(out.read_text())
+    assert r["post_gelu"] == "channel"  # the saved model holds the folded fc2 scales
     for k in ("model", "method", "w_bits", "a_bits", "num_calib", "seed", "num_val", "top1", "top5",
               "fp_top1", "seconds", "device", "versions", "calib_files"):
         assert k in r

@@ -249,3 +249,22 @@ def test_candidate_passes_do_not_change_the_choice(monkeypatch):
              qz.least_mse_range(w, lw, hw, 3, 1)]
     for (s1, z1), (s2, z2) in zip(together, apart):
         assert torch.equal(s1, s2) and torch.equal(z1, z2)
+
+
+@pytest.mark.parametrize("mode", ["independent", "sequential"])
+def test_erq_with_folded_post_gelu_quantizer_runs_in_both_modes(mode):
+    from erq.modules import ChannelScale
+    from erq.wrap import post_gelu_mlps
+    model = tiny_model("vit")
+    x = images(model, 4)
+    q, report = quantize(model, [x], QuantConfig(method="erq", post_gelu="channel",
+                                                 calib_mode=mode, progress=False))
+    mlps = post_gelu_mlps(q)
+    assert mlps and all(isinstance(m.norm, ChannelScale) for m in mlps)
+    for m in mlps:
+        wq, w = m.fc2.weight_quant, m.fc2.weight.detach()
+        assert torch.equal(wq.dequantize(wq.codes(w)), w)  # the folded weights are on the grid
+        assert torch.equal(m.fc2.input_quant.scale, torch.ones_like(m.fc2.input_quant.scale))
+    assert {r["name"] for r in report.layers} >= {"blocks.0.mlp.fc2", "blocks.1.mlp.fc2"}
+    with torch.no_grad():
+        assert torch.isfinite(q(x)).all()

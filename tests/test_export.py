@@ -7,11 +7,13 @@ from erq.pipeline import QuantConfig, quantize
 from helpers import TINY_MODELS, images, tiny_model
 
 
-@pytest.mark.parametrize("w_bits,method", [(4, "rtn"), (3, "erq"), (8, "rtn")])
-def test_save_load_round_trip_gives_the_same_logits(tmp_path, w_bits, method):
+@pytest.mark.parametrize("w_bits,method,post_gelu", [(4, "rtn", "tensor"), (3, "erq", "tensor"),
+                                                     (8, "rtn", "tensor"), (4, "erq", "channel")])
+def test_save_load_round_trip_gives_the_same_logits(tmp_path, w_bits, method, post_gelu):
     model = tiny_model("vit")
     x = images(model, 6)
-    q, _ = quantize(model, [x], QuantConfig(method=method, w_bits=w_bits, a_bits=4, progress=False))
+    q, _ = quantize(model, [x], QuantConfig(method=method, w_bits=w_bits, a_bits=4,
+                                            post_gelu=post_gelu, progress=False))
     path = tmp_path / "q.safetensors"
     save_quantized(q, path, TINY_MODELS["vit"][0], model_kwargs=TINY_MODELS["vit"][1])
     loaded, meta = load_quantized(path)

@@ -77,3 +77,57 @@ def test_weighted_layers_in_execution_order():
     names = [n for n, _ in weighted_layers(wrap_model(tiny_model("vit")))]
     assert names[0] == "patch_embed.proj" and names[-1] == "head"
     assert names[1:5] == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_post_gelu_per_channel_folds_into_fc2_without_changing_fp_logits(kind):
+    from erq.modules import ChannelScale
+    from erq.wrap import post_gelu_mlps
+    model = wrap_model(tiny_model(kind), 4, 4, post_gelu="channel")
+    mlps = post_gelu_mlps(model)
+    assert mlps and all(m.fc2.input_quant.per_channel and m.fc2.weight_quant.dual for m in mlps)
+    x = images(model, 4)
+    _calibrate(model, x)
+    scales = [m.fc2.input_quant.scale.clone() for m in mlps]
+    w_before = [m.fc2.weight.detach().clone() for m in mlps]
+    with torch.no_grad():
+        before = model(x)
+        assert reparameterize(model) == len(post_norm_pairs(model)) + len(mlps)
+        after = model(x)
+    assert rel(after, before) < 1e-5
+    for m, s, w in zip(mlps, scales, w_before):
+        assert isinstance(m.norm, ChannelScale)
+        assert torch.equal(m.fc2.weight, w * s)  # fc2 carries the scales
+        assert torch.equal(m.fc2.input_quant.scale, torch.ones_like(s))
+        assert m.fc2.input_quant.per_channel  # zero points stay per channel
+    with pytest.raises(ValueError, match="already folded"):
+        from erq.reparam import fold_post_gelu
+        for m in mlps:
+            m.fc2.input_quant.per_channel = True
+        fold_post_gelu(model)
+
+
+def test_post_gelu_quantizer_codes_match_the_unfolded_per_channel_quantizer():
+    """Folded: the fc2 input codes are those of the per-channel quantizer (no rounding ties)."""
+    from erq.wrap import post_gelu_mlps
+    model = wrap_model(tiny_model("vit"), 4, 4, post_gelu="channel")
+    x = images(model, 4)
+    _calibrate(model, x)
+    mlp = post_gelu_mlps(model)[0]
+    iq = mlp.fc2.input_quant
+    s, z = iq.scale.clone(), iq.zero.clone()
+    assert torch.equal(z, z.round())
+    steps = torch.randint(-12, 24, (50, s.numel())) + torch.rand(50, s.numel()) * 0.8 - 0.4
+    h = steps * s  # at least 0.1 step from a rounding tie
+    iq.enabled = True
+    expected = iq(h) / s  # per-channel quantizer, in its steps
+    assert float((expected - steps.round().clamp(-z, iq.qmax - z)).abs().max()) < 1e-4
+    reparameterize(model)
+    got = iq(mlp.norm(h))
+    assert torch.equal(got, got.round())  # integer steps: no per-channel factor left
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_unknown_post_gelu_mode_is_refused():
+    with pytest.raises(ValueError, match="post_gelu"):
+        wrap_model(tiny_model("vit"), post_gelu="token")
