@@ -88,6 +88,12 @@ def plan(name: str) -> list[dict]:
                              post_gelu="channel", **AUTHORS))
         runs.append(dict(method="erq", bits="W4A4", seed=0, num_calib=512, post_gelu="channel",
                          reparam=False, **AUTHORS))
+    elif name == "postgelu_lambda":  # ridge strength with the option, three seeds (GPU)
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4")):
+            runs += [dict(method="erq", bits=bits, seed=seed, post_gelu="channel", lam=lam,
+                          lam_rel=None) for lam in (100.0, 10000.0)]
+            runs.append(dict(method="erq", bits=bits, seed=seed, post_gelu="channel", lam=None,
+                             lam_rel=0.1))
     else:
         raise SystemExit(f"unknown plan {name!r}")
     return runs

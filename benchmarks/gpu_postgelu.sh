@@ -11,6 +11,6 @@ TRITON_INTERPRET=0 python3 -m pytest tests/test_kernels_gram_exact.py -m gpu -q 
 python3 benchmarks/backend_consistency.py --data "$D" --calib-files "$D/calib_files.json" \
   --seeds 0 --post-gelu channel --out "$OUT/consistency_w4a4_postgelu.json" 2>&1 \
   | grep -v "^{'device" | cut -c1-220
-ERQ_DATA=$D python3 benchmarks/accuracy_sweep.py --plan postgelu_seeds --plan postgelu --data "$D" \
+ERQ_DATA=$D python3 benchmarks/accuracy_sweep.py --plan postgelu_seeds --plan postgelu --plan postgelu_lambda --data "$D" \
   --calib-files "$D/calib_files.json" --out "$OUT/accuracy_postgelu_gpu.jsonl" 2>&1 \
   | grep -v Warn | cut -c1-200

@@ -44,9 +44,9 @@ class QuantConv2d(nn.Conv2d):
 
 
 class ChannelScale(nn.Module):
-    """``x * inv`` per channel (last dimension): the per-channel scales of a post-GELU input
-    quantizer divided out before ``fc2`` (:func:`erq.reparam.fold_post_gelu`), so that the
-    quantizer works in units of its own steps and ``fc2``'s weights carry the scales.
+    """``x * inv`` per channel (last dimension): the relative per-channel scales ``r_c`` of a
+    post-GELU input quantizer divided out before ``fc2`` (:func:`erq.reparam.fold_post_gelu`),
+    so that the quantizer needs one scale and ``fc2``'s weights carry the ``r_c``.
 
     It replaces the ``nn.Identity`` that timm's ``Mlp`` keeps between activation and ``fc2``;
     in an integer deployment it is the per-channel multiplier of the activation's requantization.

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .modules import ChannelScale
-from .wrap import post_gelu_mlps, post_norm_pairs
+from .wrap import is_post_gelu_mlp, post_norm_pairs
 
 
 @torch.no_grad()
@@ -22,6 +22,7 @@ def reparameterize(model: nn.Module) -> int:
     Per-channel post-GELU quantizers (``post_gelu="channel"``) are folded by
     :func:`fold_post_gelu`. Returns the number of layers changed.
     """
+    fold = _foldable(model)  # checked before anything changes
     count = 0
     for norm, lin in post_norm_pairs(model):
         iq = getattr(lin, "input_quant", None)
@@ -43,35 +44,51 @@ def reparameterize(model: nn.Module) -> int:
             lin.bias.add_(extra)
         iq.set_per_tensor(s, z)
         count += 1
-    return count + fold_post_gelu(model)
+    return count + fold_post_gelu(model, fold)
+
+
+def _foldable(model: nn.Module) -> list[nn.Module]:
+    """The Mlps whose per-channel post-GELU quantizer :func:`fold_post_gelu` will fold.
+    Raises before anything is changed when one of them cannot be folded."""
+    mlps = []
+    for name, mlp in model.named_modules():
+        if not is_post_gelu_mlp(mlp):
+            continue
+        iq = getattr(mlp.fc2, "input_quant", None)
+        if (iq is None or not iq.per_channel or not bool(iq.calibrated)
+                or isinstance(mlp.norm, ChannelScale)):  # nothing to fold, or folded already
+            continue
+        if not isinstance(mlp.norm, nn.Identity):
+            raise ValueError(f"cannot fold the post-GELU scales of {name}: a "
+                             f"{type(mlp.norm).__name__} sits between the activation and fc2 "
+                             "(only nn.Identity is supported; use post_gelu='tensor' or no reparam)")
+        mlps.append(mlp)
+    return mlps
 
 
 @torch.no_grad()
-def fold_post_gelu(model: nn.Module) -> int:
+def fold_post_gelu(model: nn.Module, mlps: list[nn.Module] | None = None) -> int:
     """Fold the scales of every calibrated per-channel ``fc2`` input quantizer into ``fc2``.
 
-    GELU has no affine parameters to absorb them, so the ``nn.Identity`` between activation
-    and ``fc2`` becomes :class:`~erq.modules.ChannelScale` (``x / s_c``), ``W[:, c] <- W[:, c]
-    s_c`` and the quantizer keeps its zero points with unit scales. The FP function is
-    unchanged up to the rounding of ``x * (1 / s_c)``; the codes are the per-channel
-    quantizer's ``round(x / s_c) + z_c`` up to that rounding; the weights quantized afterwards
-    are the folded ones, so an integer kernel needs no per-channel factor inside its dot
-    products.
-    Returns the number of layers folded.
+    As the post-LayerNorm reparameterization does, with ``s = mean(s_c)`` and ``r = s_c / s``:
+    GELU has no affine parameters to take ``r``, so the ``nn.Identity`` between activation and
+    ``fc2`` becomes :class:`~erq.modules.ChannelScale` (``x / r_c``), ``W[:, c] <- W[:, c] r_c``,
+    and the quantizer keeps its per-channel integer zero points with the one scale ``s``. The FP
+    function is unchanged up to the rounding of ``x * (1 / r_c)``; the codes are the
+    per-channel quantizer's ``round(x / s_c) + z_c`` up to that rounding. The weights are
+    quantized afterwards on their folded values, so an integer kernel needs no per-channel
+    factor inside its dot products; ``fc2`` keeps its magnitude (``r`` has mean 1), so an
+    absolute ridge lambda means what it means for the other layers. Already folded layers are
+    skipped. Returns the number of layers folded.
     """
     count = 0
-    for mlp in post_gelu_mlps(model):
-        iq = getattr(mlp.fc2, "input_quant", None)
-        if iq is None or not iq.per_channel or not bool(iq.calibrated):
-            continue
-        if isinstance(mlp.norm, ChannelScale):
-            raise ValueError(f"{mlp!r}: post-GELU scales are already folded")
-        if not isinstance(mlp.norm, nn.Identity):
-            raise ValueError(f"cannot fold post-GELU scales: {type(mlp.norm).__name__} between "
-                             "the activation and fc2 (only nn.Identity is supported)")
-        s = iq.scale.float()
-        mlp.norm = ChannelScale((1.0 / s).to(mlp.fc2.weight.dtype))
-        mlp.fc2.weight.mul_(s.to(mlp.fc2.weight.dtype))
-        iq.scale = torch.ones_like(iq.scale)
+    for mlp in _foldable(model) if mlps is None else mlps:
+        iq = mlp.fc2.input_quant
+        s_c = iq.scale.float()
+        s = s_c.mean()
+        r = s_c / s
+        mlp.norm = ChannelScale((1.0 / r).to(mlp.fc2.weight.dtype))
+        mlp.fc2.weight.mul_(r.to(mlp.fc2.weight.dtype))
+        iq.scale = torch.full_like(iq.scale, float(s))
         count += 1
     return count

@@ -120,11 +120,14 @@ def post_norm_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return pairs
 
 
+def is_post_gelu_mlp(m: nn.Module) -> bool:
+    """A timm ``Mlp`` (``fc1 -> act -> norm -> fc2``): ``fc2``'s input is post-GELU."""
+    return all(hasattr(m, a) for a in ("fc1", "act", "fc2", "norm")) and isinstance(m.fc2, nn.Linear)
+
+
 def post_gelu_mlps(model: nn.Module) -> list[nn.Module]:
-    """timm ``Mlp`` modules (``fc1 -> act -> norm -> fc2``): ``fc2``'s input is post-GELU."""
-    return [m for m in model.modules()
-            if all(hasattr(m, a) for a in ("fc1", "act", "fc2", "norm"))
-            and isinstance(m.fc2, nn.Linear)]
+    """Every :func:`is_post_gelu_mlp` module of ``model``."""
+    return [m for m in model.modules() if is_post_gelu_mlp(m)]
 
 
 def wrap_model(model: nn.Module, w_bits: int = 4, a_bits: int = 4, dual: bool = True,

@@ -28,7 +28,7 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, capsys):
                "--workers", "0", "--json", str(out), "--save", str(saved), "--post-gelu", "channel"])
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["post_gelu"] == "channel"  # the saved model holds the folded fc2 scales
+    assert r["post_gelu"] == "channel"  # and below: the saved folded model loads, same top-1
     for k in ("model", "method", "w_bits", "a_bits", "num_calib", "seed", "num_val", "top1", "top5",
               "fp_top1", "seconds", "device", "versions", "calib_files"):
         assert k in r
