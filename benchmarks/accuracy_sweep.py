@@ -147,9 +147,13 @@ def main(argv=None):
         else:
             ck = (run["seed"], n_calib)
             if ck not in calib_cache:
-                listed = chosen.get(str(run["seed"]), [])
-                files = (listed if len(listed) == n_calib else
-                         select_calibration(data / "imagenet-calib", n_calib, run["seed"]))
+                if chosen:  # the folder holds only the listed files: no other selection is right
+                    files = chosen.get(str(run["seed"]), [])
+                    if len(files) != n_calib:
+                        raise SystemExit(f"--calib-files lists {len(files)} files for seed "
+                                         f"{run['seed']}, the run needs {n_calib}")
+                else:
+                    files = select_calibration(data / "imagenet-calib", n_calib, run["seed"])
                 ds = ImageFolderDataset(data / "imagenet-calib", tf, files=files)
                 calib_cache[ck] = [x for x, _ in make_loader(ds, 32)]
             fields = {k2: v for k2, v in run.items() if k2 not in ("bits", "seed", "num_calib")}

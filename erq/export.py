@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .modules import ChannelScale, weighted_layers
-from .wrap import post_gelu_mlps, wrap_model
+from .wrap import is_post_gelu_mlp, wrap_model
 
 FORMAT = "erq-quantized-v1"
 
@@ -77,7 +77,7 @@ def load_quantized(path, device="cpu"):
     model.erq_config.update(config)
     for mlp_name, mlp in model.named_modules():  # folded post-GELU scales (reparam.fold_post_gelu)
         inv = tensors.get(f"{mlp_name}.norm.inv")
-        if inv is not None and mlp in post_gelu_mlps(model):
+        if inv is not None and is_post_gelu_mlp(mlp):
             mlp.norm = ChannelScale(torch.empty_like(inv))
     for name, m in weighted_layers(model):
         if name not in shapes:
