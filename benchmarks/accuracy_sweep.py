@@ -94,6 +94,29 @@ def plan(name: str) -> list[dict]:
                           lam_rel=None) for lam in (100.0, 10000.0)]
             runs.append(dict(method="erq", bits=bits, seed=seed, post_gelu="channel", lam=None,
                              lam_rel=0.1))
+    elif name == "authors_lambdas":  # the two per-layer lambdas of the authors' code, seed 0
+        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
+        for bits in ("W4A4", "W3A4", "W5A5"):
+            runs.append(dict(method="erq", bits=bits, seed=0, **both, **AUTHORS))
+        for bits in ("W4A4", "W3A4"):  # each of the two alone
+            runs += [dict(method="erq", bits=bits, seed=0, lam_head_aqer=0.1, **AUTHORS),
+                     dict(method="erq", bits=bits, seed=0, lam_embed_factor=10.0, **AUTHORS)]
+        runs.append(dict(method="erq", bits="W4A4", seed=0, aqer=True, wqer=False, **both, **AUTHORS))
+    elif name == "authors_lambdas_seeds":  # the same on seeds 1 and 2, and sequential mode
+        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
+        for seed, bits in itertools.product((1, 2), ("W4A4", "W3A4", "W5A5")):
+            runs.append(dict(method="erq", bits=bits, seed=seed, **both, **AUTHORS))
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
+            runs.append(dict(method="erq", bits=bits, seed=seed, calib_mode="sequential",
+                             **both, **AUTHORS))
+    elif name == "authors_lambdas_gpu":  # both lambda schemes, with and without the option
+        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
+        for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
+            for pg in ("tensor", "channel"):
+                runs += [dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **AUTHORS),
+                         dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **both, **AUTHORS),
+                         dict(method="erq", bits=bits, seed=seed, post_gelu=pg,
+                              calib_mode="sequential", **both, **AUTHORS)]
     else:
         raise SystemExit(f"unknown plan {name!r}")
     return runs

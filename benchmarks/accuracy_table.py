@@ -10,17 +10,39 @@ def load(path):
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
+def options(r) -> str:
+    """The settings beyond method, mode and lambda that set a run apart, as CLI flags."""
+    out = []
+    if r.get("post_gelu", "tensor") != "tensor":
+        out.append(f"--post-gelu {r['post_gelu']}")
+    if r.get("dual") is False:
+        out.append("--no-dual")
+    if r.get("reparam") is False:
+        out.append("--no-reparam")
+    if r.get("aqer") is False or r.get("wqer") is False:
+        out.append("Aqer only" if r.get("wqer") is False else "Wqer only")
+    head, embed = r.get("lam_head_aqer"), r.get("lam_embed_factor", 1.0)
+    if head is not None and embed != 1.0:
+        out.append("per-layer lambdas" if (head, embed) == (0.1, 10.0)
+                   else f"head Aqer lambda {head:g}, embed x{embed:g}")
+    elif head is not None:
+        out.append(f"head Aqer lambda {head:g} only")
+    elif embed != 1.0:
+        out.append(f"embed lambda x{embed:g} only")
+    return ", " + ", ".join(out) if out else ""
+
+
 def label(r) -> str:
     if r["method"] in ("fp", "rtn", "gptq"):
-        return {"fp": "FP32", "rtn": "rtn", "gptq": "gptq"}[r["method"]]
+        return {"fp": "FP32", "rtn": "rtn", "gptq": "gptq"}[r["method"]] + options(r)
     lam = f"lambda {r['lam']:g}" if r.get("lam") is not None else \
         (f"lambda-rel {r['lam_rel']:g}" if r.get("lam_rel") is not None else "lambda from the defaults")
     n = f", {r['num_calib']} img" if r.get("num_calib", 32) != 32 else ""
-    return f"erq {r.get('calib_mode', 'independent')}, {lam}{n}"
+    return f"erq {r.get('calib_mode', 'independent')}, {lam}{n}{options(r)}"
 
 
-def main(path):
-    recs = load(path)
+def main(paths):
+    recs = [r for p in paths for r in load(p)]
     cells = defaultdict(dict)
     for r in recs:
         cells[(label(r), r["bits"])][r["seed"]] = r["top1"]
@@ -42,4 +64,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/accuracy.jsonl")
+    main(sys.argv[1:] or ["benchmarks/results/accuracy.jsonl"])

@@ -89,7 +89,11 @@ def cmd_quantize(args) -> dict:
         raise ValueError("give either --lambda or --lambda-rel, not both")
     if args.lam is None and args.lam_rel is None:
         args.lam = QuantConfig.lam
+    head, embed = (0.1, 10.0) if args.authors_lambdas else (QuantConfig.lam_head_aqer,
+                                                            QuantConfig.lam_embed_factor)
     config = QuantConfig(
+        lam_head_aqer=head if args.lam_head_aqer is None else args.lam_head_aqer,
+        lam_embed_factor=embed if args.lam_embed_factor is None else args.lam_embed_factor,
         method=args.method, w_bits=args.w_bits, a_bits=args.a_bits, calib_mode=args.calib_mode,
         lam=args.lam, lam_rel=args.lam_rel, dual=not args.no_dual, reparam=not args.no_reparam,
         rounding_steps=args.rounding_steps, act_calib_images=min(args.act_calib, args.num_calib),
@@ -110,6 +114,7 @@ def cmd_quantize(args) -> dict:
     result = {"model": args.model, "method": args.method, "w_bits": args.w_bits,
               "a_bits": args.a_bits, "num_calib": args.num_calib, "seed": args.seed,
               "calib_mode": args.calib_mode, "lambda": args.lam, "lambda_rel": config.lam_rel,
+              "lambda_head_aqer": config.lam_head_aqer, "lambda_embed_factor": config.lam_embed_factor,
               "dual": config.dual, "post_gelu": config.post_gelu, "num_val": len(val.dataset),
               "device": device_name(device),
               "versions": versions(), "calib_files": files}
@@ -199,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"absolute ridge lambda (default {QuantConfig.lam:g}, the authors' value)")
     q.add_argument("--lambda-rel", dest="lam_rel", type=float, default=None,
                    help="instead: ridge lambda relative to the mean diagonal of A^T A")
+    q.add_argument("--lambda-head-aqer", dest="lam_head_aqer", type=float, default=None,
+                   help="Aqer lambda of the classifier head (the authors' code: 0.1; default: "
+                        "the same lambda as every layer)")
+    q.add_argument("--lambda-embed-factor", dest="lam_embed_factor", type=float, default=None,
+                   help="Wqer lambda of the patch embedding as a multiple of lambda (the "
+                        "authors' code: 10; default 1)")
+    q.add_argument("--authors-lambdas", action="store_true",
+                   help="the two per-layer lambdas of the authors' code: head Aqer 0.1, patch "
+                        "embedding Wqer 10x (explicit --lambda-head-aqer/--lambda-embed-factor win)")
     q.add_argument("--no-dual", action="store_true", help="no dual uniform quantization of qkv/fc1")
     q.add_argument("--no-reparam", action="store_true", help="no scale reparameterization")
     q.add_argument("--post-gelu", choices=POST_GELU, default=QuantConfig.post_gelu,

@@ -35,6 +35,10 @@ class QuantConfig:
     calib_mode: str = "independent"
     lam: float | None = 1000.0      # absolute ridge lambda (authors: 1000 = 0.1 * coe; measured best)
     lam_rel: float | None = None    # or: lambda relative to the mean diagonal of A^T A
+    # The authors' code departs from the uniform lambda in two layers: Aqer of the classifier
+    # head (2-D input) uses 0.1, and Wqer of the patch embedding 10x lambda (test_quant_expand.py).
+    lam_head_aqer: float | None = None  # Aqer lambda of the head; None: the same as the others
+    lam_embed_factor: float = 1.0       # Wqer lambda of the patch embedding = factor x lambda
     dual: bool = True               # dual uniform quantization of qkv / fc1 weights
     post_gelu: str = "tensor"       # fc2 input quantizer: "tensor" (spec) or "channel" (folded)
     reparam: bool = True
@@ -65,9 +69,12 @@ class QuantConfig:
             raise ValueError("give either lam (absolute) or lam_rel (relative), not both")
         if self.lam is None and self.lam_rel is None:
             raise ValueError("a ridge lambda is needed: set lam or lam_rel")
-        for v, what in ((self.lam, "lam"), (self.lam_rel, "lam_rel")):
+        for v, what in ((self.lam, "lam"), (self.lam_rel, "lam_rel"),
+                        (self.lam_head_aqer, "lam_head_aqer")):
             if v is not None and v < 0:
                 raise ValueError(f"{what} must be >= 0, got {v}")
+        if not self.lam_embed_factor > 0:
+            raise ValueError(f"lam_embed_factor must be > 0, got {self.lam_embed_factor}")
         if self.batch_size < 1 or self.act_calib_images < 1:
             raise ValueError("batch_size and act_calib_images must be positive")
         if self.act_quantiles is not None and (
@@ -239,6 +246,17 @@ def _set_sequential_state(model: nn.Module, done_roots: list[str]) -> None:
             q.enabled = True
 
 
+def _classifier_name(model: nn.Module, layers: dict) -> str:
+    """Name of the wrapped classifier head (timm's ``get_classifier()``) among ``layers``."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    name = next((n for n, m in layers.items() if m is head), None)
+    if name is None:
+        raise ValueError("lam_head_aqer is set but the model has no quantized linear classifier "
+                         "head (timm get_classifier())")
+    return name
+
+
 @torch.no_grad()
 def _reduce(model, layers, names, stats, config, report, device):
     """Aqer + weight-quantizer init + Wqer (or GPTQ) on ``names``, batched by shape."""
@@ -260,8 +278,13 @@ def _reduce(model, layers, names, stats, config, report, device):
                 for n, t, s, e in zip(group, theta0, st, errs)]
         theta = theta0
         if config.method == "erq" and config.aqer and not is_conv:
+            lam_aq = lam
+            if config.lam_head_aqer is not None:
+                head = _classifier_name(model, layers)
+                lam_aq = torch.where(torch.tensor([n == head for n in group], device=lam.device),
+                                     torch.full_like(lam, config.lam_head_aqer), lam)
             with report.phase("aqer", device):
-                theta, lam_a = aqer(ata, torch.stack([s.atx for s in st]), theta, lam, group)
+                theta, lam_a = aqer(ata, torch.stack([s.atx for s in st]), theta, lam_aq, group)
             with report.phase("report_errors", device):
                 errs = out_err(theta)
             for r, la, e in zip(recs, lam_a.tolist(), errs):
@@ -272,6 +295,8 @@ def _reduce(model, layers, names, stats, config, report, device):
         scale, zero = _stack_grid(mods)
         qmax = mods[0].weight_quant.qmax
         if config.method == "erq" and config.wqer:
+            if is_conv:
+                lam = lam * config.lam_embed_factor
             with report.phase("wqer", device):
                 theta = wqer(theta, ata, torch.stack([s.colsum for s in st]), st[0].tokens,
                              scale, zero, qmax, lam, group, refine=not is_conv,

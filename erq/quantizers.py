@@ -332,7 +332,10 @@ def dual_groups(w: torch.Tensor) -> torch.Tensor:
 
     Per row, entries above the 99th percentile of its positive values or below the 1st
     percentile of its negative values are marked; the ``O // 20`` columns with most marks
-    (ties to the lower index) form group 1.
+    form group 1. Ties are common (1-12 columns per ViT-Ti layer are picked among equal
+    counts) and are broken as in the authors' code, which counts with a ``Counter`` updated
+    row by row and keeps first-seen order among equals: the column marked in an earlier row
+    first, then the lower index.
     """
     o, d = w.shape[-2:]
     nan = torch.tensor(float("nan"), dtype=w.dtype, device=w.device)
@@ -343,6 +346,8 @@ def dual_groups(w: torch.Tensor) -> torch.Tensor:
     k = dual_group_size(o, d)
     group = torch.zeros(counts.shape, dtype=torch.long, device=w.device)
     if k > 0:
-        order = torch.argsort(-counts, dim=-1, stable=True)
-        group.scatter_(-1, order[..., :k], 1)
+        first = torch.where(marks.any(-2), marks.to(torch.uint8).argmax(-2), o)  # first marked row
+        seen = torch.argsort(first * d + torch.arange(d, device=w.device), dim=-1)
+        by_count = torch.argsort(-counts.gather(-1, seen), dim=-1, stable=True)
+        group.scatter_(-1, seen.gather(-1, by_count)[..., :k], 1)
     return group

@@ -25,10 +25,12 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, capsys):
     save_file(full.state_dict(), str(ckpt))
     rc = main(["quantize", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--calib", str(calib),
                "--val", str(val), "--num-calib", "4", "--seed", "3", "--method", "rtn", "--quiet",
-               "--workers", "0", "--json", str(out), "--save", str(saved), "--post-gelu", "channel"])
+               "--workers", "0", "--json", str(out), "--save", str(saved), "--post-gelu", "channel",
+               "--authors-lambdas", "--lambda-embed-factor", "5"])
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["post_gelu"] == "channel"  # and below: the saved folded model loads, same top-1
+    assert r["lambda_head_aqer"] == 0.1 and r["lambda_embed_factor"] == 5.0  # explicit flag wins
     for k in ("model", "method", "w_bits", "a_bits", "num_calib", "seed", "num_val", "top1", "top5",
               "fp_top1", "seconds", "device", "versions", "calib_files"):
         assert k in r

@@ -269,3 +269,35 @@ def test_erq_with_folded_post_gelu_quantizer_runs_in_both_modes(mode):
     assert {r["name"] for r in report.layers} >= {"blocks.0.mlp.fc2", "blocks.1.mlp.fc2"}
     with torch.no_grad():
         assert torch.isfinite(q(x)).all()
+
+
+def test_authors_per_layer_lambdas_reach_only_the_head_and_the_patch_embedding():
+    x = images(tiny_model("vit"), 4)
+    runs = {}
+    for key, extra in (("uniform", {}), ("authors", dict(lam_head_aqer=0.1, lam_embed_factor=10.0))):
+        cfg = QuantConfig(method="erq", lam=50.0, progress=False, **extra)
+        q, report = quantize(tiny_model("vit"), [x], cfg)
+        runs[key] = ({n: p.detach().clone() for n, p in q.named_parameters()},
+                     {r["name"]: r for r in report.layers})
+    (pu, ru), (pa, ra) = runs["uniform"], runs["authors"]
+    assert ra["head"]["lambda_aqer"] == pytest.approx(0.1) and ra["head"]["lambda"] == 50.0
+    assert ra["patch_embed.proj"]["lambda"] == 500.0
+    assert "lambda_aqer" not in ra["patch_embed.proj"]  # no Aqer on the patch embedding
+    rest = [n for n in ra if n not in ("head", "patch_embed.proj")]
+    assert rest and all(ra[n]["lambda_aqer"] == 50.0 and ra[n]["lambda"] == 50.0 for n in rest)
+    # independent mode: every other layer is computed from FP inputs and comes out identical
+    for n in pu:
+        changed = not torch.equal(pu[n], pa[n])
+        assert changed == (n.startswith("head.") or n.startswith("patch_embed.proj.")), n
+    assert not torch.equal(pu["head.weight"], pa["head.weight"])
+
+
+def test_per_layer_lambda_settings_are_checked():
+    with pytest.raises(ValueError, match="lam_head_aqer"):
+        QuantConfig(lam_head_aqer=-1.0).validate()
+    with pytest.raises(ValueError, match="lam_embed_factor"):
+        QuantConfig(lam_embed_factor=0.0).validate()
+    model = tiny_model("vit")
+    model.get_classifier = lambda: torch.nn.Identity()  # no quantized linear head to find
+    with pytest.raises(ValueError, match="classifier head"):
+        quantize(model, [images(model, 2)], QuantConfig(lam_head_aqer=0.1, progress=False))

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +180,21 @@ def test_bit_width_is_checked():
         WeightQuantizer(1, 3, 3)
     with pytest.raises(ValueError):
         LogSqrt2Quantizer(0)
+
+
+def test_dual_groups_break_ties_as_a_counter_updated_row_by_row():
+    """The authors' rule: marks counted with collections.Counter, row by row, most_common."""
+    from collections import Counter
+    g = torch.Generator().manual_seed(5)
+    for o, d in ((100, 12), (61, 9), (40, 30)):
+        w = torch.randn(3, o, d, generator=g)
+        groups = dual_groups(w)
+        for b in range(3):
+            counter = Counter()
+            for row in w[b].numpy():
+                pos, neg = row[row > 0], row[row < 0]  # a row without one sign marks none of it
+                hi = np.percentile(pos, 99) if pos.size else np.inf
+                lo = np.percentile(neg, 1) if neg.size else -np.inf
+                counter.update(np.nonzero((row > hi) | (row < lo))[0].tolist())
+            top = [c for c, _ in counter.most_common(o // 20)]
+            assert sorted(top) == torch.nonzero(groups[b]).flatten().tolist()
