@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import time
@@ -122,8 +123,14 @@ def plan(name: str) -> list[dict]:
     return runs
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QuantConfig)} | {"num_calib": 32}
+
+
 def key(run: dict) -> str:
-    return json.dumps({k: run[k] for k in sorted(run)}, sort_keys=True)
+    """The run's identity: its fields, without those equal to the defaults, so that a run
+    spelled with ``post_gelu="tensor"`` is the same run as one without it."""
+    return json.dumps({k: v for k, v in run.items()
+                       if not (k in _DEFAULTS and v == _DEFAULTS[k])}, sort_keys=True)
 
 
 def main(argv=None):
@@ -144,7 +151,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if out.exists():
-        done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
+        done = {key(json.loads(json.loads(line)["key"]))
+                for line in out.read_text().splitlines() if line.strip()}
     fp_model = load_model("vit_tiny_patch16_224", None)
     tf = model_transform(fp_model)
     val_ds = ImageFolderDataset(data / "imagenet-val", tf, num_classes=fp_model.num_classes)
@@ -162,6 +170,7 @@ def main(argv=None):
         k = key(run)
         if k in done:
             continue
+        done.add(k)
         w_bits, a_bits = BITS[run["bits"]]
         n_calib = run.get("num_calib", 32)
         t0 = time.perf_counter()

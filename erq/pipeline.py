@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -69,12 +70,13 @@ class QuantConfig:
             raise ValueError("give either lam (absolute) or lam_rel (relative), not both")
         if self.lam is None and self.lam_rel is None:
             raise ValueError("a ridge lambda is needed: set lam or lam_rel")
-        for v, what in ((self.lam, "lam"), (self.lam_rel, "lam_rel"),
-                        (self.lam_head_aqer, "lam_head_aqer")):
-            if v is not None and v < 0:
-                raise ValueError(f"{what} must be >= 0, got {v}")
-        if not self.lam_embed_factor > 0:
-            raise ValueError(f"lam_embed_factor must be > 0, got {self.lam_embed_factor}")
+        for v, what in ((self.lam, "lam (--lambda)"), (self.lam_rel, "lam_rel (--lambda-rel)"),
+                        (self.lam_head_aqer, "lam_head_aqer (--lambda-head-aqer)")):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{what} must be a finite number >= 0, got {v}")
+        if not (math.isfinite(self.lam_embed_factor) and self.lam_embed_factor > 0):
+            raise ValueError("lam_embed_factor (--lambda-embed-factor) must be a finite number "
+                             f"> 0, got {self.lam_embed_factor}")
         if self.batch_size < 1 or self.act_calib_images < 1:
             raise ValueError("batch_size and act_calib_images must be positive")
         if self.act_quantiles is not None and (
@@ -190,6 +192,8 @@ def _quantize(model, calib_loader, config, device):
                    post_gelu=config.post_gelu)
         model.to(device)
     layers = dict(weighted_layers(model))
+    if config.lam_head_aqer is not None and config.method == "erq":
+        _classifier_names(model, layers)  # fail before the calibration passes, not after
 
     with report.phase("activation_calibration", device), torch.no_grad():
         for q in activation_quantizers(model):
@@ -246,15 +250,17 @@ def _set_sequential_state(model: nn.Module, done_roots: list[str]) -> None:
             q.enabled = True
 
 
-def _classifier_name(model: nn.Module, layers: dict) -> str:
-    """Name of the wrapped classifier head (timm's ``get_classifier()``) among ``layers``."""
+def _classifier_names(model: nn.Module, layers: dict) -> set[str]:
+    """Names of the wrapped classifier heads (timm's ``get_classifier()``: one module, or a
+    tuple such as a distilled DeiT's ``(head, head_dist)``) among ``layers``."""
     get = getattr(model, "get_classifier", None)
-    head = get() if callable(get) else None
-    name = next((n for n, m in layers.items() if m is head), None)
-    if name is None:
+    heads = get() if callable(get) else ()
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    names = {n for n, m in layers.items() if any(m is h for h in heads)}
+    if not names:
         raise ValueError("lam_head_aqer is set but the model has no quantized linear classifier "
                          "head (timm get_classifier())")
-    return name
+    return names
 
 
 @torch.no_grad()
@@ -280,8 +286,8 @@ def _reduce(model, layers, names, stats, config, report, device):
         if config.method == "erq" and config.aqer and not is_conv:
             lam_aq = lam
             if config.lam_head_aqer is not None:
-                head = _classifier_name(model, layers)
-                lam_aq = torch.where(torch.tensor([n == head for n in group], device=lam.device),
+                heads = _classifier_names(model, layers)
+                lam_aq = torch.where(torch.tensor([n in heads for n in group], device=lam.device),
                                      torch.full_like(lam, config.lam_head_aqer), lam)
             with report.phase("aqer", device):
                 theta, lam_a = aqer(ata, torch.stack([s.atx for s in st]), theta, lam_aq, group)

@@ -335,7 +335,10 @@ def dual_groups(w: torch.Tensor) -> torch.Tensor:
     form group 1. Ties are common (1-12 columns per ViT-Ti layer are picked among equal
     counts) and are broken as in the authors' code, which counts with a ``Counter`` updated
     row by row and keeps first-seen order among equals: the column marked in an earlier row
-    first, then the lower index.
+    first, then the lower index. One difference remains: when fewer than ``O // 20`` columns
+    carry a mark at all, the Counter returns fewer, and here group 1 is filled up with unmarked
+    columns in index order, because :func:`calibrate_weights` batches layers with groups of
+    equal size. It cannot happen on a ViT layer (every row marks about 2 % of its columns).
     """
     o, d = w.shape[-2:]
     nan = torch.tensor(float("nan"), dtype=w.dtype, device=w.device)

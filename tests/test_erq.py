@@ -292,11 +292,27 @@ def test_authors_per_layer_lambdas_reach_only_the_head_and_the_patch_embedding()
     assert not torch.equal(pu["head.weight"], pa["head.weight"])
 
 
+def test_head_aqer_lambda_reaches_both_heads_of_a_distilled_deit():
+    model = tiny_model("deit")  # get_classifier() is the tuple (head, head_dist)
+    cfg = QuantConfig(method="erq", lam=50.0, lam_head_aqer=0.1, progress=False)
+    _, report = quantize(model, [images(model, 2)], cfg)
+    lam = {r["name"]: r.get("lambda_aqer") for r in report.layers}
+    assert lam["head"] == pytest.approx(0.1) and lam["head_dist"] == pytest.approx(0.1)
+    assert all(v == 50.0 for n, v in lam.items() if n not in ("head", "head_dist", "patch_embed.proj"))
+
+
 def test_per_layer_lambda_settings_are_checked():
     with pytest.raises(ValueError, match="lam_head_aqer"):
         QuantConfig(lam_head_aqer=-1.0).validate()
     with pytest.raises(ValueError, match="lam_embed_factor"):
         QuantConfig(lam_embed_factor=0.0).validate()
+    for bad in (float("nan"), float("inf")):  # would give non-finite weights, or fail late
+        with pytest.raises(ValueError, match="finite"):
+            QuantConfig(lam_head_aqer=bad).validate()
+        with pytest.raises(ValueError, match="finite"):
+            QuantConfig(lam_embed_factor=bad).validate()
+        with pytest.raises(ValueError, match="finite"):
+            QuantConfig(lam=bad).validate()
     model = tiny_model("vit")
     model.get_classifier = lambda: torch.nn.Identity()  # no quantized linear head to find
     with pytest.raises(ValueError, match="classifier head"):
