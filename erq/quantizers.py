@@ -16,17 +16,19 @@ _EPS = 1e-8
 
 
 def uniform_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int):
-    """:func:`erq_kernels.reference.fake_quant` in three in-place passes after one division.
+    """:func:`erq_kernels.reference.fake_quant` in in-place passes after one division: the same
+    operations in the same order, so the same bits, without the temporaries (on the CPU the
+    element-wise passes, not the matmuls, dominate a quantized forward).
 
-    ``clamp(round(x/s) + z, 0, qmax) - z`` equals ``clamp(round(x/s), -z, qmax - z)`` exactly
-    for an integer ``z``; for a fractional ``z`` (after reparameterization) the two differ by
-    the rounding of ``+ z - z`` only. On the CPU the element-wise passes, not the matmuls,
-    dominate a quantized forward, so fewer passes and no temporaries matter.
+    The shorter ``clamp(round(x/s), -z, qmax - z) * s`` is not used: for a fractional ``z``
+    (after reparameterization) it skips the rounding of ``+ z - z``, and that ulp-level
+    difference alone moved the authors' own W3A4 ViT-Ti from 18.6 to 19.8 % top-1
+    (benchmarks/RESULTS.md, section 1).
     """
     if x.requires_grad or scale.dim() > 0:
         return fake_quant(x, scale, zero, qmax)
     y = torch.div(x, scale).round_()
-    return y.clamp_(min=-zero, max=qmax - zero).mul_(scale)
+    return y.add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
 
 
 def log2_fake_quant(x: torch.Tensor, scale: torch.Tensor, n_bits: int):

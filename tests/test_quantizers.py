@@ -29,10 +29,10 @@ def test_uniform_clamps_to_the_range():
 
 def test_fast_paths_match_the_reference():
     x = torch.randn(10000) * 4
-    for z in (5.0, 5.37):
-        ref = fake_quant(x, torch.tensor(0.3), torch.tensor(z), 15)
-        fast = uniform_fake_quant(x, torch.tensor(0.3), torch.tensor(z), 15)
-        assert (ref - fast).abs().max() <= 1e-6
+    for dtype in (torch.float32, torch.bfloat16):  # bit for bit, also for a fractional zero
+        for z in (5.0, 5.37, 7.635416507720947):
+            s, zt, xd = torch.tensor(0.3, dtype=dtype), torch.tensor(z, dtype=dtype), x.to(dtype)
+            assert torch.equal(uniform_fake_quant(xd, s, zt, 15), fake_quant(xd, s, zt, 15))
     p = torch.rand(10000) ** 6
     p[::5] = 0
     for bits in (3, 4, 6):
