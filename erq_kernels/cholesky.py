@@ -135,11 +135,12 @@ def _solve_right(a, lo, xinv, PREC_: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wsb, NB: tl.constexpr,
-                      DPREC: tl.constexpr):
+def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wr, s_wk, s_wsb,
+                      NB: tl.constexpr, DPREC: tl.constexpr):
     """Factor diagonal block ``k`` of every matrix (one program each), store ``L_kk`` (upper
-    part zeroed), its inverse into ``W[b, k]``, the inverses of its halves into ``WS``,
-    and the first failing pivot into ``INFO`` unless an earlier block already failed."""
+    part zeroed), its inverse at ``W + b*s_wb + k*s_wk`` (row stride ``s_wr``), the inverses
+    of its halves into ``WS``, and the first failing pivot into ``INFO`` unless an earlier
+    block already failed."""
     H: tl.constexpr = NB // 2
     b = tl.program_id(0)
     A += b.to(tl.int64) * s_ab
@@ -170,11 +171,11 @@ def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wsb, NB: tl
     tl.store(p21 + rr * s_ar + cc, l21, mask=m21)
     tl.store(p11 + rr * s_ar + (cc + H), tl.zeros([H, H], tl.float32),
              mask=(rr < nv1) & (cc < nv2))
-    w = W + b.to(tl.int64) * s_wb + k * NB * NB
-    tl.store(w + rr * NB + cc, x11)
-    tl.store(w + rr * NB + (cc + H), tl.zeros([H, H], tl.float32))
-    tl.store(w + (rr + H) * NB + cc, x21)
-    tl.store(w + (rr + H) * NB + (cc + H), x22)
+    w = W + b.to(tl.int64) * s_wb + k * s_wk
+    tl.store(w + rr * s_wr + cc, x11)
+    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
+    tl.store(w + (rr + H) * s_wr + cc, x21)
+    tl.store(w + (rr + H) * s_wr + (cc + H), x22)
     ws = WS + b.to(tl.int64) * s_wsb + (2 * k) * H * H
     tl.store(ws + rr * H + cc, x11)
     tl.store(ws + H * H + rr * H + cc, x22)
@@ -418,7 +419,8 @@ def cholesky_workspace(a: torch.Tensor, lam_v: torch.Tensor, info: torch.Tensor)
     upd_warps = 4 if nbk <= 64 else 8
     for k in range(nb):
         _chol_diag_kernel[(batch,)](a, w, ws, info, lam_v, k, n, a.stride(0), a.stride(1),
-                                    w.stride(0), ws.stride(0), NB=nbk, DPREC="ieee",
+                                    w.stride(0), nbk, nbk * nbk, ws.stride(0), NB=nbk,
+                                    DPREC="ieee",
                                     num_warps=diag_warps)
         t = nb - k - 1
         if t == 0:

@@ -1,4 +1,4 @@
-"""Triton linear algebra (erq_kernels/cholesky.py) against fp64 references.
+"""Triton linear algebra (erq_kernels/cholesky.py, cholesky_rec.py) against fp64 references.
 
 Runs the kernels through TRITON_INTERPRET=1 on the CPU (set by conftest.py); the module's
 functions are called directly, so the Triton backend is what is tested.
@@ -12,6 +12,10 @@ import erq_kernels
 from erq_kernels import _dispatch, reference
 
 C = importlib.import_module("erq_kernels.cholesky")
+R = importlib.import_module("erq_kernels.cholesky_rec")
+# the two Triton algorithms of the factorization-based ops: blocked (triton), recursive
+# (triton_rec)
+BOTH = pytest.mark.parametrize("K", [C, R], ids=["triton", "triton_rec"])
 F64 = torch.float64
 
 
@@ -34,9 +38,10 @@ def eye(n):
 
 @pytest.mark.parametrize("n", [17, 33, 65, 193])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_cholesky_residual(n, batch):
+@BOTH
+def test_cholesky_residual(K, n, batch):
     a = spd(batch, n)
-    L, info = C.cholesky(a.float())
+    L, info = K.cholesky(a.float())
     assert L.dtype == torch.float32 and L.shape == a.shape
     assert info.dtype == torch.int32 and info.shape == (batch,) and int(info.abs().sum()) == 0
     assert float(L.triu(1).abs().max()) == 0.0
@@ -55,17 +60,19 @@ def test_cholesky_ill_conditioned_and_block_128(monkeypatch):
         assert res < 1e-6 and res <= 2 * ref_res + 1e-7, (nb, res, ref_res)
 
 
-def test_cholesky_lam_scalar_and_per_matrix():
+@BOTH
+def test_cholesky_lam_scalar_and_per_matrix(K):
     a = spd(5, 33)
     lam_t = torch.rand(5, dtype=F64)
     for lam, lam_ref in ((0.3, 0.3), (lam_t.float(), lam_t[:, None, None])):
-        L, info = C.cholesky(a.float(), lam)
+        L, info = K.cholesky(a.float(), lam)
         ad = a + lam_ref * eye(33)
         assert int(info.abs().sum()) == 0
         assert rel(L.to(F64) @ L.to(F64).mT, ad) < 1e-6
 
 
-def test_cholesky_info_planted_pivot():
+@BOTH
+def test_cholesky_info_planted_pivot(K):
     """``A = M diag(d) M^T`` with ``M`` unit lower triangular has pivots exactly ``d``, so the
     first negative ``d_p`` is the first failing pivot: ``info = p + 1``."""
     n = 130
@@ -79,11 +86,11 @@ def test_cholesky_info_planted_pivot():
             d[min(p + 3, n - 1)] = -2.0  # later failures must not overwrite the first
         mats.append((m * d) @ m.mT)
     a = torch.stack(mats).float()
-    _, info = C.cholesky(a)
+    _, info = K.cholesky(a)
     expected = [0 if p is None else p + 1 for p in pivots]
     assert info.tolist() == expected
     assert info.tolist() == torch.linalg.cholesky_ex(a)[1].tolist()
-    _, info_r = C.ridge_solve(a[:, :40, :40], torch.randn(len(pivots), 40, 4))
+    _, info_r = K.ridge_solve(a[:, :40, :40], torch.randn(len(pivots), 40, 4))
     assert info_r.tolist() == [0 if p is None or p >= 40 else p + 1 for p in pivots]
 
 
@@ -128,7 +135,8 @@ def test_triangular_inverse(upper):
 
 @pytest.mark.parametrize("n,batch,cond,lam", [
     (17, 1, 1e6, None), (65, 5, 1e6, 0.0), (193, 1, 1e6, "per-matrix"), (33, 5, 10.0, 0.5)])
-def test_ridge_solve(n, batch, cond, lam):
+@BOTH
+def test_ridge_solve(K, n, batch, cond, lam):
     g = spd(batch, n, cond)
     b = torch.randn(batch, n, 3 * n, dtype=F64)
     if lam == "per-matrix":
@@ -136,7 +144,7 @@ def test_ridge_solve(n, batch, cond, lam):
         lam_k, lam_ref = lam_t.float(), lam_t[:, None, None]
     else:
         lam_k, lam_ref = lam, (lam or 0.0)
-    x, info = C.ridge_solve(g.float(), b.float(), lam_k)
+    x, info = K.ridge_solve(g.float(), b.float(), lam_k)
     ref = torch.linalg.solve(g + lam_ref * eye(n), b)
     x_torch, _ = reference.ridge_solve(g.float(), b.float(), lam_k)
     assert int(info.abs().sum()) == 0 and x.shape == b.shape
@@ -144,7 +152,8 @@ def test_ridge_solve(n, batch, cond, lam):
 
 
 @pytest.mark.parametrize("n,batch,cond,lam", [(65, 5, 1e6, 0.0), (193, 1, 1e3, "per-matrix")])
-def test_inverse_cholesky_upper(n, batch, cond, lam):
+@BOTH
+def test_inverse_cholesky_upper(K, n, batch, cond, lam):
     g = spd(batch, n, cond)
     if lam == "per-matrix":
         lam_t = torch.rand(batch, dtype=F64) * 0.1
@@ -152,7 +161,7 @@ def test_inverse_cholesky_upper(n, batch, cond, lam):
     else:
         lam_k, lam_ref = lam, lam
     h = g + lam_ref * eye(n)
-    u, info = C.inverse_cholesky_upper(g.float(), lam_k)
+    u, info = K.inverse_cholesky_upper(g.float(), lam_k)
     assert int(info.abs().sum()) == 0
     assert float(u.tril(-1).abs().max()) == 0.0
     u_ref, _ = reference.inverse_cholesky_upper(h, None)
@@ -186,3 +195,50 @@ def test_torch_loop_backends_match_reference():
         out, info = impl[op]["torch_loop"](*args)
         ref, info_r = impl[op]["reference"](*args)
         assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6) and torch.equal(info, info_r)
+
+
+def test_recursive_cholesky_ill_conditioned_and_forced_backend(monkeypatch):
+    """n = 385 (D + 1 of DeiT-S): seven leaves, three levels of recursion; cond 1e6."""
+    a = spd(2, 385, cond=1e6)
+    ref_res = rel((lambda l: l @ l.mT)(torch.linalg.cholesky(a.float()).to(F64)), a)
+    monkeypatch.setenv("ERQ_KERNELS_BACKEND", "triton_rec")
+    assert erq_kernels.backend_for("cholesky", a.device) == "triton_rec"
+    L, info = erq_kernels.cholesky(a.float())
+    assert int(info.abs().sum()) == 0 and float(L.triu(1).abs().max()) == 0.0
+    res = rel(L.to(F64) @ L.to(F64).mT, a)
+    assert res < 1e-6 and res <= 2 * ref_res + 1e-7, (res, ref_res)
+
+
+@pytest.mark.parametrize("tri", [R.K_FULL, R.K_A_LOWER, R.K_A_UPPER, R.K_B_LOWER, R.K_B_UPPER])
+def test_bmm_triangles_odd_shapes(tri):
+    """The GEMM of the recursive path on shapes that are not multiples of its tiles, reading
+    only the named triangle of one operand (the other half holds garbage it must ignore)."""
+    m, k, n = (130, 130, 70) if tri in (R.K_A_LOWER, R.K_A_UPPER) else (70, 130, 130)
+    a = torch.randn(2, m, k, dtype=F64)
+    b = torch.randn(2, k, n, dtype=F64)
+    a_used, b_used = a.clone(), b.clone()
+    if tri == R.K_A_LOWER:
+        a_used = a.tril()
+    elif tri == R.K_A_UPPER:
+        a_used = a.triu()
+    elif tri == R.K_B_LOWER:
+        b_used = b.tril()
+    elif tri == R.K_B_UPPER:
+        b_used = b.triu()
+    c0 = torch.randn(2, m, n, dtype=F64)
+    out = c0.float().clone()
+    R.bmm(a.float(), b.float().mT.contiguous().mT, out, alpha=-0.5, accumulate=True, tri=tri)
+    ref = c0 - 0.5 * a_used @ b_used
+    assert rel(out, ref) < 1e-6
+
+
+def test_bmm_lower_out_leaves_upper_tiles():
+    a = torch.randn(1, 200, 40)
+    out = torch.full((1, 200, 200), 7.0)
+    R.bmm(a, a.mT, out, lower_out=True)
+    ref = (a.to(F64) @ a.to(F64).mT)[0]
+    full = out[0].to(F64)
+    assert rel(full.tril(), ref.tril()) < 1e-6
+    # tiles wholly above the diagonal (BM = 128 rows) are untouched
+    assert bool((out[0, :128, 128:] == 7.0).all())
+

@@ -1,0 +1,274 @@
+"""Recursive Cholesky, ridge solve and inverse factor whose flops run in one batched GEMM kernel.
+
+The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_cholesky_upper``
+(same contracts as :mod:`erq_kernels.reference`, fp32). Why a second algorithm beside
+:mod:`erq_kernels.cholesky`: that one updates the trailing matrix in 64 x 64 tiles after every
+64-column panel and substitutes one 64-column strip per program, so at n >= 1025 it runs at
+5-10 TFLOP/s, below cuSOLVER. Here the matrix is split in two halves recursively,
+
+    L11 = chol(A11),  L21 = A21 L11^-T,  A22 -= L21 L21^T,  L22 = chol(A22),
+    L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]],
+
+down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
+launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``), which
+skips the zero half of a triangular operand. The ridge solve is then two triangular products,
+``X = L^-T (L^-1 B)``, and the inverse factor is ``J M^-1 J`` for ``J H J = M M^T``.
+
+Matrices are padded to a multiple of 64 with the identity, so every leaf is whole and the
+factor of the padded matrix is ``diag(L, I)``. ``info`` stays on the device (the leaves write
+the first failing pivot in factorization order, as cuSOLVER reports it).
+
+Numerics: the panel ``L21 = A21 L11^-T`` from the explicit inverse alone left residuals
+``||L L^T - A|| / ||A||`` 2.5x torch's at cond 1e6, so it takes one step of refinement,
+``P + (A21 - P L11^T) L11^-T`` (as the panel of ``cholesky.py`` does), which brings them back to
+torch's level. The explicit ``L^-1`` in the solve adds rounding of order
+``cond(L) u = sqrt(cond(A)) u``, below the ``cond(A) u`` the factorization costs: solve errors
+measured at 0.6-0.9x torch's (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6).
+
+Speed (H200, ``benchmarks/RESULTS.md`` section 4): the products run at 10-28 TFLOP/s, so this
+path wins at n >= 1025 for the factorization and the inverse factor (up to 1.9x and 2.6x over
+torch.linalg) and loses at small n, where its launches dominate, and for the ridge solve,
+whose two products with ``3n`` columns stay slower than cuBLAS's triangular solves. The
+dispatch table uses it only where it won.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _dispatch, reference
+from .cholesky import PREC, _chol_diag_kernel, _fp32, _lam_vec
+
+__all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm"]
+
+_LEAF = 64
+# GEMM tiles (the benchmark may override them): large products use BIG, products with a side of
+# at most 64 use SMALL. (BM, BN, BK, warps, stages). 128 x 64 with 4 warps beat 128 x 128 with
+# 8 in 23 of the 30 op x shape cases of issue 4 (H200; benchmarks/RESULTS.md section 4).
+BIG: tuple | None = None
+SMALL: tuple | None = None
+_BIG = (128, 64, 32, 4, 4)
+_SMALL = (64, 64, 32, 4, 3)
+
+# Triangular skipping of the K loop (a tile only reads the K range where both operands can be
+# nonzero): which operand is triangular, and how.
+K_FULL, K_A_LOWER, K_A_UPPER, K_B_LOWER, K_B_UPPER = 0, 1, 2, 3, 4
+
+
+@triton.jit
+def _bmm_kernel(A, B, C, M, N, K, alpha,
+                s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
+                TRI: tl.constexpr, LOWER_C: tl.constexpr, ACC: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC_: tl.constexpr):
+    """``C = alpha A B (+ C if ACC)`` for one ``BM x BN`` tile of one matrix of the batch.
+
+    TRI makes one operand triangular: A lower (``k <= i``), A upper (``k >= i``), B lower
+    (``k >= j``), B upper (``k <= j``); the K loop skips the steps outside the triangle and the
+    loads mask the rest, so the other half of that operand is never read. LOWER_C skips tiles
+    entirely above the diagonal (a symmetric update of which only the lower triangle is kept).
+    """
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    go = True
+    if LOWER_C:
+        go = pn * BN < (pm + 1) * BM
+    if go:
+        A += b * s_ab
+        B += b * s_bb
+        C += b * s_cb
+        rm = pm * BM + tl.arange(0, BM)
+        rn = pn * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        k_lo = 0
+        k_hi = K
+        if TRI == 1:
+            k_hi = tl.minimum(K, (pm + 1) * BM)
+        elif TRI == 2:
+            k_lo = (pm * BM // BK) * BK
+        elif TRI == 3:
+            k_lo = (pn * BN // BK) * BK
+        elif TRI == 4:
+            k_hi = tl.minimum(K, (pn + 1) * BN)
+        mmask = rm < M
+        nmask = rn < N
+        acc = tl.zeros([BM, BN], tl.float32)
+        for k0 in range(k_lo, k_hi, BK):
+            kk = k0 + rk
+            kmask = kk < k_hi
+            am = mmask[:, None] & kmask[None, :]
+            bm = kmask[:, None] & nmask[None, :]
+            # the triangle itself is masked too: the other half may hold stale values
+            if TRI == 1:
+                am &= kk[None, :] <= rm[:, None]
+            elif TRI == 2:
+                am &= kk[None, :] >= rm[:, None]
+            elif TRI == 3:
+                bm &= kk[:, None] >= rn[None, :]
+            elif TRI == 4:
+                bm &= kk[:, None] <= rn[None, :]
+            pa = rm[:, None] * s_am + kk[None, :] * s_ak
+            pb = kk[:, None] * s_bk + rn[None, :] * s_bn
+            a = tl.load(A + pa, mask=am, other=0.0)
+            bt = tl.load(B + pb, mask=bm, other=0.0)
+            acc = tl.dot(a, bt, acc, input_precision=PREC_)
+        out = acc * alpha
+        pc = rm[:, None] * s_cm + rn[None, :] * s_cn
+        cmask = mmask[:, None] & nmask[None, :]
+        if ACC:
+            out += tl.load(C + pc, mask=cmask, other=0.0)
+        tl.store(C + pc, out, mask=cmask)
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1.0,
+        accumulate: bool = False, tri: int = K_FULL, lower_out: bool = False) -> torch.Tensor:
+    """Batched ``out = alpha * a @ b (+ out)`` in fp32 with ``tf32x3`` products.
+
+    Args:
+        a: ``(B, M, K)``, b: ``(B, K, N)``, out: ``(B, M, N)``, fp32 CUDA (or interpreted CPU)
+            tensors with any strides (views of larger matrices are fine; ``out`` must not
+            overlap ``a`` or ``b``).
+        tri: ``K_A_LOWER`` / ``K_A_UPPER`` / ``K_B_LOWER`` / ``K_B_UPPER``: use only that
+            triangle (diagonal included) of that operand, as if the other half were zero.
+        lower_out: only tiles touching the lower triangle of ``out`` are computed (square
+            ``out``; the rest of the upper triangle is left as it was).
+    Returns:
+        ``out``.
+    """
+    batch, m, k = a.shape
+    n = b.shape[-1]
+    if batch == 0 or m == 0 or n == 0:
+        return out
+    bm, bn, bk, warps, stages = (SMALL or _SMALL) if min(m, n) <= 64 else (BIG or _BIG)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
+    _bmm_kernel[grid](a, b, out, m, n, k, float(alpha), *a.stride(), *b.stride(), *out.stride(),
+                      TRI=tri, LOWER_C=lower_out, ACC=accumulate, BM=bm, BN=bn, BK=bk,
+                      PREC_=PREC, num_warps=warps, num_stages=stages)
+    return out
+
+
+class _Work:
+    """Padded copy of the matrices, their inverse factor, and the scratch for the products."""
+
+    def __init__(self, src: torch.Tensor, lam, flip: bool):
+        n = src.shape[-1]
+        bshape = src.shape[:-2]
+        batch = math.prod(bshape)
+        p = triton.cdiv(n, _LEAF) * _LEAF
+        dev = src.device
+        self.n, self.p, self.batch = n, p, batch
+        self.a = (torch.zeros if p > n else torch.empty)((batch, p, p), dtype=torch.float32,
+                                                         device=dev)
+        body = self.a[:, :n, :n]
+        s = src.reshape(batch, n, n)
+        body.copy_(s.flip(-1, -2) if flip else s)
+        diag = self.a.diagonal(dim1=-2, dim2=-1)
+        if lam is not None:
+            diag[:, :n] += _lam_vec(lam, bshape, batch, dev)[:, None]
+        diag[:, n:] = 1.0
+        self.linv = torch.zeros((batch, p, p), dtype=torch.float32, device=dev)
+        self.info = torch.zeros(batch, dtype=torch.int32, device=dev)
+        self.ws = torch.empty((batch, 2 * (p // _LEAF), _LEAF // 2, _LEAF // 2),
+                              dtype=torch.float32, device=dev)
+        self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
+        half = (p // _LEAF + 1) // 2 * _LEAF
+        self.scratch = torch.empty(batch * half * (p - half), dtype=torch.float32, device=dev)
+        self.scratch2 = torch.empty(batch * half * (p - half), dtype=torch.float32, device=dev)
+
+    def tmp(self, rows: int, cols: int) -> torch.Tensor:
+        return self.scratch[:self.batch * rows * cols].view(self.batch, rows, cols)
+
+    def tmp2(self, rows: int, cols: int) -> torch.Tensor:
+        return self.scratch2[:self.batch * rows * cols].view(self.batch, rows, cols)
+
+    def leaf(self, off: int) -> None:
+        """Factor the 64 x 64 diagonal block at ``off`` and write its inverse into ``linv``."""
+        a, w = self.a, self.linv
+        _chol_diag_kernel[(self.batch,)](a, w, self.ws, self.info, self.zero_lam, off // _LEAF,
+                                         self.p, a.stride(0), a.stride(1), w.stride(0),
+                                         w.stride(1), _LEAF * (w.stride(1) + 1),
+                                         self.ws.stride(0), NB=_LEAF, DPREC="ieee", num_warps=4)
+
+    def factor(self, off: int, m: int, need_inv: bool) -> None:
+        """Factor the diagonal block ``[off, off + m)`` in place (its trailing updates from the
+        columns before ``off`` already applied); with ``need_inv`` also its inverse in ``linv``
+        (the leaves' inverses are always there)."""
+        if m == _LEAF:
+            self.leaf(off)
+            return
+        m1 = (m // _LEAF + 1) // 2 * _LEAF
+        m2 = m - m1
+        o2 = off + m1
+        self.factor(off, m1, True)
+        a, li = self.a, self.linv
+        a21 = a[:, o2:off + m, off:o2]
+        x11 = li[:, off:o2, off:o2]
+        # L21 = A21 L11^-T with one step of refinement (module docstring, Numerics):
+        # P = A21 L11^-T, then L21 = P + (A21 - P L11^T) L11^-T
+        t = self.tmp(m2, m1)
+        t.copy_(a21)
+        r = self.tmp2(m2, m1)
+        bmm(t, x11.mT, r, tri=K_B_UPPER)
+        bmm(r, a[:, off:o2, off:o2].mT, t, alpha=-1.0, accumulate=True, tri=K_B_UPPER)
+        a21.copy_(r)
+        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER)
+        bmm(a21, a21.mT, a[:, o2:off + m, o2:off + m], alpha=-1.0, accumulate=True,
+            lower_out=True)  # A22 -= L21 L21^T
+        self.factor(o2, m2, need_inv)
+        if need_inv:
+            bmm(a21, x11, t, tri=K_B_LOWER)  # L21 L11^-1
+            bmm(li[:, o2:off + m, o2:off + m], t, li[:, o2:off + m, off:o2], alpha=-1.0,
+                tri=K_A_LOWER)
+
+    def lower(self) -> torch.Tensor:
+        """``L`` (upper triangle zeroed), ``(batch, n, n)`` contiguous."""
+        return torch.tril(self.a[:, :self.n, :self.n])
+
+
+def _run(src: torch.Tensor, lam, *, flip: bool = False, need_inv: bool = True) -> _Work:
+    w = _Work(src, lam, flip)
+    if w.batch > 0 and w.n > 0:
+        w.factor(0, w.p, need_inv)
+    return w
+
+
+def cholesky(a: torch.Tensor, lam=None):
+    """Recursive version of :func:`erq_kernels.reference.cholesky` (fp32)."""
+    if not _fp32(a):
+        return reference.cholesky(a, lam)
+    w = _run(a, lam, need_inv=False)
+    return w.lower().reshape(a.shape), w.info.reshape(a.shape[:-2])
+
+
+def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
+    """Recursive version of :func:`erq_kernels.reference.ridge_solve` (fp32):
+    ``X = L^-T (L^-1 B)`` with the explicit ``L^-1``."""
+    if not (_fp32(g, b)):
+        return reference.ridge_solve(g, b, lam)
+    w = _run(g, lam)
+    n = w.n
+    bb = b.reshape(-1, n, b.shape[-1])
+    x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
+    if x.numel() > 0 and w.batch > 0:
+        linv = w.linv[:, :n, :n]
+        y = torch.empty_like(x)
+        bmm(linv, bb, y, tri=K_A_LOWER)
+        bmm(linv.mT, y, x, tri=K_A_UPPER)
+    return x.reshape(b.shape), w.info.reshape(g.shape[:-2])
+
+
+def inverse_cholesky_upper(g: torch.Tensor, lam=None):
+    """Recursive version of :func:`erq_kernels.reference.inverse_cholesky_upper` (fp32)."""
+    if not _fp32(g):
+        return reference.inverse_cholesky_upper(g, lam)
+    w = _run(g, lam, flip=True)
+    u = w.linv[:, :w.n, :w.n].flip(-1, -2)
+    return u.reshape(g.shape), w.info.reshape(g.shape[:-2])
+
+
+for _op, _fn in (("cholesky", cholesky), ("ridge_solve", ridge_solve),
+                 ("inverse_cholesky_upper", inverse_cholesky_upper)):
+    _dispatch.register(_op, "triton_rec", _fn)
