@@ -50,7 +50,7 @@ def rec_kernels():
 # Settings of the recursive path timed per shape ({}: the module's default): GEMM tiles
 # (BM, BN, BK, warps, stages) of the large products. The record of the backend is the default
 # setting, the one the library runs; the others are kept in its "sweep".
-REC_CONFIGS = [{}, {"BIG": (128, 128, 32, 8, 3)}]
+REC_CONFIGS = [{}, {"BIG": (128, 128, 32, 8, 3)}, {"SOLVE_PREC": "tf32x3"}]
 TRITON_BACKENDS = ("triton", "triton_rec")
 
 
@@ -223,9 +223,11 @@ def bench_shape(batch, n, meta, records, args):
         RK = rec_kernels()
         sweep = []
         for cfg in REC_CONFIGS:
-            RK.BIG = cfg.get("BIG")
+            if "SOLVE_PREC" in cfg and op != "ridge_solve":
+                continue  # only the ridge solve has those products
+            RK.BIG, RK.SOLVE_PREC = cfg.get("BIG"), cfg.get("SOLVE_PREC", "ieee")
             sweep.append(record("triton_rec", lambda: impl["triton_rec"](*args_), cfg))
-        RK.BIG = None
+        RK.BIG, RK.SOLVE_PREC = None, "ieee"
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4)] for r in sweep]
         rows.append(rec_row)

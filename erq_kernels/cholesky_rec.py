@@ -10,8 +10,9 @@ The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_choles
     L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]],
 
 down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
-launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``), which
-skips the zero half of a triangular operand. The ridge solve is then two triangular products,
+launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``; IEEE
+fp32 for the ridge solve's products, see ``SOLVE_PREC``), which skips the zero half of a
+triangular operand. The ridge solve is then two triangular products,
 ``X = L^-T (L^-1 B)``, and the inverse factor is ``J M^-1 J`` for ``J H J = M M^T``.
 
 Matrices are padded to a multiple of 64 with the identity, so every leaf is whole and the
@@ -23,13 +24,15 @@ Numerics: the panel ``L21 = A21 L11^-T`` from the explicit inverse alone left re
 ``P + (A21 - P L11^T) L11^-T`` (as the panel of ``cholesky.py`` does), which brings them back to
 torch's level. The explicit ``L^-1`` in the solve adds rounding of order
 ``cond(L) u = sqrt(cond(A)) u``, below the ``cond(A) u`` the factorization costs: solve errors
-measured at 0.6-0.9x torch's (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6).
+0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6) and at
+most 1.3x torch's on the H200 benchmark shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4): the products run at 10-28 TFLOP/s, so this
-path wins at n >= 1025 for the factorization and the inverse factor (up to 1.9x and 2.6x over
-torch.linalg) and loses at small n, where its launches dominate, and for the ridge solve,
-whose two products with ``3n`` columns stay slower than cuBLAS's triangular solves. The
-dispatch table uses it only where it won.
+Speed (H200, ``benchmarks/RESULTS.md`` section 4): the products run at 10-28 TFLOP/s. This
+path wins the factorization at the largest shapes (up to 1.8x over torch.linalg), the inverse
+factor at n >= 1025 but batch 12 x 1537 (up to 2.6x) and the ridge solve from 12 x 1537 to
+96 x 1281 (1.2-1.4x); it loses at small n, where its launches dominate, and ties or loses the
+ridge solve at n >= 3073 to cuBLAS's triangular solves. The dispatch table uses it only where
+it won.
 """
 from __future__ import annotations
 
@@ -52,6 +55,10 @@ BIG: tuple | None = None
 SMALL: tuple | None = None
 _BIG = (128, 64, 32, 4, 4)
 _SMALL = (64, 64, 32, 4, 3)
+# Precision of the ridge solve's two products (3n columns). IEEE fp32 (FMA) products beat
+# tf32x3 there (32 x 5121: 855 against 1410 ms for the two), while inside the factorization,
+# whose products are smaller, tf32x3 was up to 2x faster (H200; RESULTS.md section 4).
+SOLVE_PREC = "ieee"
 
 # Triangular skipping of the K loop (a tile only reads the K range where both operands can be
 # nonzero): which operand is triangular, and how.
@@ -124,8 +131,10 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1.0,
-        accumulate: bool = False, tri: int = K_FULL, lower_out: bool = False) -> torch.Tensor:
-    """Batched ``out = alpha * a @ b (+ out)`` in fp32 with ``tf32x3`` products.
+        accumulate: bool = False, tri: int = K_FULL, lower_out: bool = False,
+        precision: str | None = None) -> torch.Tensor:
+    """Batched ``out = alpha * a @ b (+ out)`` in fp32 with ``tf32x3`` (or ``precision``:
+    "ieee") products.
 
     Args:
         a: ``(B, M, K)``, b: ``(B, K, N)``, out: ``(B, M, N)``, fp32 CUDA (or interpreted CPU)
@@ -146,7 +155,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
     _bmm_kernel[grid](a, b, out, m, n, k, float(alpha), *a.stride(), *b.stride(), *out.stride(),
                       TRI=tri, LOWER_C=lower_out, ACC=accumulate, BM=bm, BN=bn, BK=bk,
-                      PREC_=PREC, num_warps=warps, num_stages=stages)
+                      PREC_=precision or PREC, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -255,8 +264,8 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     if x.numel() > 0 and w.batch > 0:
         linv = w.linv[:, :n, :n]
         y = torch.empty_like(x)
-        bmm(linv, bb, y, tri=K_A_LOWER)
-        bmm(linv.mT, y, x, tri=K_A_UPPER)
+        bmm(linv, bb, y, tri=K_A_LOWER, precision=SOLVE_PREC)
+        bmm(linv.mT, y, x, tri=K_A_UPPER, precision=SOLVE_PREC)
     return x.reshape(b.shape), w.info.reshape(g.shape[:-2])
 
 
