@@ -221,13 +221,16 @@ def bench_shape(batch, n, meta, records, args):
             best_cfg.update(tri_row["config"])
         rows.append(tri_row)
         RK = rec_kernels()
+        defaults = {"BIG": RK.BIG, "SOLVE_PREC": RK.SOLVE_PREC}
         sweep = []
         for cfg in REC_CONFIGS:
             if "SOLVE_PREC" in cfg and op != "ridge_solve":
                 continue  # only the ridge solve has those products
-            RK.BIG, RK.SOLVE_PREC = cfg.get("BIG"), cfg.get("SOLVE_PREC", "ieee")
+            for key, value in {**defaults, **cfg}.items():
+                setattr(RK, key, value)
             sweep.append(record("triton_rec", lambda: impl["triton_rec"](*args_), cfg))
-        RK.BIG, RK.SOLVE_PREC = None, "ieee"
+        for key, value in defaults.items():
+            setattr(RK, key, value)
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4)] for r in sweep]
         rows.append(rec_row)

@@ -184,14 +184,13 @@ class _Work:
                               dtype=torch.float32, device=dev)
         self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
         half = (p // _LEAF + 1) // 2 * _LEAF
-        self.scratch = torch.empty(batch * half * (p - half), dtype=torch.float32, device=dev)
-        self.scratch2 = torch.empty(batch * half * (p - half), dtype=torch.float32, device=dev)
+        # two buffers, each as large as the root's panel (every deeper panel is smaller)
+        self.scratch = torch.empty((2, batch * half * (p - half)), dtype=torch.float32,
+                                   device=dev)
 
-    def tmp(self, rows: int, cols: int) -> torch.Tensor:
-        return self.scratch[:self.batch * rows * cols].view(self.batch, rows, cols)
-
-    def tmp2(self, rows: int, cols: int) -> torch.Tensor:
-        return self.scratch2[:self.batch * rows * cols].view(self.batch, rows, cols)
+    def tmp(self, i: int, rows: int, cols: int) -> torch.Tensor:
+        """Scratch buffer ``i`` (0 or 1) as a ``(batch, rows, cols)`` tensor."""
+        return self.scratch[i, :self.batch * rows * cols].view(self.batch, rows, cols)
 
     def leaf(self, off: int) -> None:
         """Factor the 64 x 64 diagonal block at ``off`` and write its inverse into ``linv``."""
@@ -217,9 +216,9 @@ class _Work:
         x11 = li[:, off:o2, off:o2]
         # L21 = A21 L11^-T with one step of refinement (module docstring, Numerics):
         # P = A21 L11^-T, then L21 = P + (A21 - P L11^T) L11^-T
-        t = self.tmp(m2, m1)
+        t = self.tmp(0, m2, m1)
         t.copy_(a21)
-        r = self.tmp2(m2, m1)
+        r = self.tmp(1, m2, m1)
         bmm(t, x11.mT, r, tri=K_B_UPPER)
         bmm(r, a[:, off:o2, off:o2].mT, t, alpha=-1.0, accumulate=True, tri=K_B_UPPER)
         a21.copy_(r)
