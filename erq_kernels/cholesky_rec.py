@@ -10,9 +10,8 @@ The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_choles
     L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]],
 
 down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
-launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``; IEEE
-fp32 for the ridge solve's products, see ``SOLVE_PREC``), which skips the zero half of a
-triangular operand. The ridge solve is then two triangular products,
+launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``, every
+B operand K-major: see ``_LAYOUT``), which skips the zero half of a triangular operand. The ridge solve is then two triangular products,
 ``X = L^-T (L^-1 B)``, and the inverse factor is ``J M^-1 J`` for ``J H J = M M^T``.
 
 Matrices are padded to a multiple of 64 with the identity, so every leaf is whole and the
@@ -25,14 +24,14 @@ Numerics: the panel ``L21 = A21 L11^-T`` from the explicit inverse alone left re
 torch's level. The explicit ``L^-1`` in the solve adds rounding of order
 ``cond(L) u = sqrt(cond(A)) u``, below the ``cond(A) u`` the factorization costs: solve errors
 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6) and at
-most 1.3x torch's on the H200 benchmark shapes.
+most 1.5x the lowest of the torch compositions' on the H200 benchmark shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4): the products run at 10-28 TFLOP/s. This
-path wins the factorization at the largest shapes (up to 1.8x over torch.linalg), the inverse
-factor at n >= 1025 but batch 12 x 1537 (up to 2.6x) and the ridge solve from 12 x 1537 to
-96 x 1281 (1.2-1.4x); it loses at small n, where its launches dominate, and ties or loses the
-ridge solve at n >= 3073 to cuBLAS's triangular solves. The dispatch table uses it only where
-it won.
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, against the fastest torch composition of the
+same run): the solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this
+card was 78, cuBLAS SGEMM 51). This path wins the ridge solve at every shape but 36 x 193
+(1.4-2.0x), the inverse factor at n >= 769 but 12 x 769 (1.2-3.1x) and the factorization from
+12 x 3073 up and at 72 x 1025 and 96 x 1281 (1.3-1.9x); at small n its launches dominate and the
+blocked kernels of ``cholesky.py`` win. The dispatch table picks per shape.
 """
 from __future__ import annotations
 
@@ -55,10 +54,25 @@ BIG: tuple | None = None
 SMALL: tuple | None = None
 _BIG = (128, 64, 32, 4, 4)
 _SMALL = (64, 64, 32, 4, 3)
-# Precision of the ridge solve's two products (3n columns). IEEE fp32 (FMA) products beat
-# tf32x3 there (32 x 5121: 855 against 1410 ms for the two), while inside the factorization,
-# whose products are smaller, tf32x3 was up to 2x faster (H200; RESULTS.md section 4).
-SOLVE_PREC = "ieee"
+# Tiles of the ridge solve's two products (3n columns): 128 x 128 with 8 warps was 4-11 % faster
+# than _BIG at every n >= 769 in the sweeps of two H200 runs, and BK = 64 (2 stages) another
+# 3-8 % at n >= 1025 (RESULTS.md section 4).
+SOLVE_BIG: tuple | None = None
+_SOLVE_BIG = (128, 128, 64, 8, 2)
+# Precision of the ridge solve's two products (3n columns).
+SOLVE_PREC = "tf32x3"
+# _LAYOUT: every product is arranged so that its B operand is K-major (stride 1 along K). With
+# B N-major, Triton 3.6's tf32x3 GEMM ran at 20-52 TFLOP/s on the H200; with B K-major at
+# 60-80, above cuBLAS SGEMM's 40-51 and with a smaller error (2e-7 against 9e-7 normwise), and
+# an M-major A costs nothing (benchmarks/probe_gemm_prec.py, results/probe_gemm_prec.txt).
+# That probe's operands had row strides that are multiples of 16; with odd ones (n = 5121,
+# 3n = 15363) the ridge solve's products stayed at 26 TFLOP/s, so its buffers are padded.
+# Before this, the ridge solve used IEEE products, which beat tf32x3 on an N-major B.
+
+# Products whose triangular operand is a block of L^-1 (zero above the diagonal: ``linv`` starts
+# zeroed and the leaves store exact zeros there) skip its K range without masking the diagonal
+# tiles (bmm's zero_half); False masks them anyway (for the benchmark's comparison).
+CLEAN_TRI = True
 
 # Triangular skipping of the K loop (a tile only reads the K range where both operands can be
 # nonzero): which operand is triangular, and how.
@@ -68,13 +82,14 @@ K_FULL, K_A_LOWER, K_A_UPPER, K_B_LOWER, K_B_UPPER = 0, 1, 2, 3, 4
 @triton.jit
 def _bmm_kernel(A, B, C, M, N, K, alpha,
                 s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
-                TRI: tl.constexpr, LOWER_C: tl.constexpr, ACC: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC_: tl.constexpr):
+                TRI: tl.constexpr, MASK_TRI: tl.constexpr, LOWER_C: tl.constexpr,
+                ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC_: tl.constexpr):
     """``C = alpha A B (+ C if ACC)`` for one ``BM x BN`` tile of one matrix of the batch.
 
     TRI makes one operand triangular: A lower (``k <= i``), A upper (``k >= i``), B lower
     (``k >= j``), B upper (``k <= j``); the K loop skips the steps outside the triangle and the
-    loads mask the rest, so the other half of that operand is never read. LOWER_C skips tiles
+    loads mask the rest (unless not MASK_TRI: the other half is known to hold zeros), so the
+    other half of that operand is never used. LOWER_C skips tiles
     entirely above the diagonal (a symmetric update of which only the lower triangle is kept).
     """
     pm = tl.program_id(0)
@@ -109,14 +124,15 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
             am = mmask[:, None] & kmask[None, :]
             bm = kmask[:, None] & nmask[None, :]
             # the triangle itself is masked too: the other half may hold stale values
-            if TRI == 1:
-                am &= kk[None, :] <= rm[:, None]
-            elif TRI == 2:
-                am &= kk[None, :] >= rm[:, None]
-            elif TRI == 3:
-                bm &= kk[:, None] >= rn[None, :]
-            elif TRI == 4:
-                bm &= kk[:, None] <= rn[None, :]
+            if MASK_TRI:
+                if TRI == 1:
+                    am &= kk[None, :] <= rm[:, None]
+                elif TRI == 2:
+                    am &= kk[None, :] >= rm[:, None]
+                elif TRI == 3:
+                    bm &= kk[:, None] >= rn[None, :]
+                elif TRI == 4:
+                    bm &= kk[:, None] <= rn[None, :]
             pa = rm[:, None] * s_am + kk[None, :] * s_ak
             pb = kk[:, None] * s_bk + rn[None, :] * s_bn
             a = tl.load(A + pa, mask=am, other=0.0)
@@ -132,7 +148,8 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1.0,
         accumulate: bool = False, tri: int = K_FULL, lower_out: bool = False,
-        precision: str | None = None) -> torch.Tensor:
+        precision: str | None = None, tile: tuple | None = None,
+        zero_half: bool = False) -> torch.Tensor:
     """Batched ``out = alpha * a @ b (+ out)`` in fp32 with ``tf32x3`` (or ``precision``:
     "ieee") products.
 
@@ -144,6 +161,10 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
             triangle (diagonal included) of that operand, as if the other half were zero.
         lower_out: only tiles touching the lower triangle of ``out`` are computed (square
             ``out``; the rest of the upper triangle is left as it was).
+        precision: ``tl.dot``'s ``input_precision`` (default ``PREC``, "tf32x3").
+        tile: ``(BM, BN, BK, warps, stages)`` when both sides exceed 64 (default ``BIG``).
+        zero_half: the other half of the triangular operand holds zeros, so its K range is
+            skipped but the diagonal tiles are read unmasked (cheaper in ``tf32x3``).
     Returns:
         ``out``.
     """
@@ -151,10 +172,11 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
     n = b.shape[-1]
     if batch == 0 or m == 0 or n == 0:
         return out
-    bm, bn, bk, warps, stages = (SMALL or _SMALL) if min(m, n) <= 64 else (BIG or _BIG)
+    bm, bn, bk, warps, stages = (SMALL or _SMALL) if min(m, n) <= 64 else (tile or BIG or _BIG)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
     _bmm_kernel[grid](a, b, out, m, n, k, float(alpha), *a.stride(), *b.stride(), *out.stride(),
-                      TRI=tri, LOWER_C=lower_out, ACC=accumulate, BM=bm, BN=bn, BK=bk,
+                      TRI=tri, MASK_TRI=not (zero_half and CLEAN_TRI), LOWER_C=lower_out,
+                      ACC=accumulate, BM=bm, BN=bn, BK=bk,
                       PREC_=precision or PREC, num_warps=warps, num_stages=stages)
     return out
 
@@ -219,17 +241,20 @@ class _Work:
         t = self.tmp(0, m2, m1)
         t.copy_(a21)
         r = self.tmp(1, m2, m1)
-        bmm(t, x11.mT, r, tri=K_B_UPPER)
+        bmm(t, x11.mT, r, tri=K_B_UPPER, zero_half=True)
         bmm(r, a[:, off:o2, off:o2].mT, t, alpha=-1.0, accumulate=True, tri=K_B_UPPER)
         a21.copy_(r)
-        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER)
+        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER, zero_half=True)
         bmm(a21, a21.mT, a[:, o2:off + m, o2:off + m], alpha=-1.0, accumulate=True,
             lower_out=True)  # A22 -= L21 L21^T
         self.factor(o2, m2, need_inv)
         if need_inv:
-            bmm(a21, x11, t, tri=K_B_LOWER)  # L21 L11^-1
-            bmm(li[:, o2:off + m, o2:off + m], t, li[:, o2:off + m, off:o2], alpha=-1.0,
-                tri=K_A_LOWER)
+            # (L21 L11^-1)^T = L11^-T L21^T, stored transposed so that both products read
+            # their B operand K-major (see _LAYOUT)
+            tt = self.tmp(0, m1, m2)
+            bmm(x11.mT, a21.mT, tt, tri=K_A_UPPER, zero_half=True)
+            bmm(li[:, o2:off + m, o2:off + m], tt.mT, li[:, o2:off + m, off:o2], alpha=-1.0,
+                tri=K_A_LOWER, zero_half=True)
 
     def lower(self) -> torch.Tensor:
         """``L`` (upper triangle zeroed), ``(batch, n, n)`` contiguous."""
@@ -262,9 +287,18 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
     if x.numel() > 0 and w.batch > 0:
         linv = w.linv[:, :n, :n]
-        y = torch.empty_like(x)
-        bmm(linv, bb, y, tri=K_A_LOWER, precision=SOLVE_PREC)
-        bmm(linv.mT, y, x, tri=K_A_UPPER, precision=SOLVE_PREC)
+        # Y^T = B^T L^-T, then X = L^-T Y: both B operands K-major and every operand's row
+        # stride a multiple of 64 (see _LAYOUT), so B^T is copied when B's is not
+        o = bb.shape[-1]
+        bt = bb.mT
+        if bb.stride(-2) % 64 or bb.stride(-1) != 1:
+            bt = torch.empty((w.batch, o, w.p), dtype=torch.float32, device=b.device)[..., :n]
+            bt.copy_(bb.mT)
+        yt = torch.empty((w.batch, o, w.p), dtype=torch.float32, device=b.device)[..., :n]
+        tile = SOLVE_BIG or _SOLVE_BIG
+        bmm(bt, linv.mT, yt, tri=K_B_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
+        del bt
+        bmm(linv.mT, yt.mT, x, tri=K_A_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
     return x.reshape(b.shape), w.info.reshape(g.shape[:-2])
 
 

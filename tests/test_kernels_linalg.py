@@ -232,6 +232,29 @@ def test_bmm_triangles_odd_shapes(tri):
     assert rel(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("tri", [R.K_A_LOWER, R.K_A_UPPER, R.K_B_LOWER, R.K_B_UPPER])
+def test_bmm_zero_half_skips_without_masking(tri):
+    """With the other half of the triangular operand zero, skipping its K range without masking
+    the diagonal tiles (zero_half) gives bit for bit the masked product."""
+    m, k, n = (130, 130, 70) if tri in (R.K_A_LOWER, R.K_A_UPPER) else (70, 130, 130)
+    a = torch.randn(2, m, k)
+    b = torch.randn(2, k, n).mT.contiguous().mT
+    if tri == R.K_A_LOWER:
+        a = a.tril()
+    elif tri == R.K_A_UPPER:
+        a = a.triu()
+    elif tri == R.K_B_LOWER:
+        b = b.tril()
+    else:
+        b = b.triu()
+    masked = torch.zeros(2, m, n)
+    R.bmm(a, b, masked, tri=tri)
+    skipped = torch.zeros(2, m, n)
+    R.bmm(a, b, skipped, tri=tri, zero_half=True)
+    assert torch.equal(masked, skipped)
+    assert rel(skipped, a.to(F64) @ b.to(F64)) < 1e-6
+
+
 def test_bmm_lower_out_leaves_upper_tiles():
     a = torch.randn(1, 200, 40)
     out = torch.full((1, 200, 200), 7.0)
