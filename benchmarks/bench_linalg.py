@@ -54,7 +54,8 @@ def rec_kernels():
 REC_CONFIGS = [{}, {"BIG": (128, 128, 32, 8, 3)}, {"CLEAN_TRI": False},
                {"SOLVE_BIG": (128, 128, 32, 8, 3)}, {"SOLVE_BIG": (128, 128, 64, 8, 3)},
                {"SOLVE_PREC": "ieee"}]
-TRITON_BACKENDS = ("triton", "triton_rec")
+TRITON_BACKENDS = ("triton", "triton_rec", "triton_graph", "triton_rec_graph")
+GRAPHED_TORCH = "graphed_torch"  # the fastest torch composition replayed from a CUDA graph
 
 
 def log(*a):
@@ -143,6 +144,24 @@ def torch_candidates(op, g, b, lam):
             "torch.flip+cholesky_ex+solve_triangular": lambda: R.inverse_cholesky_upper(g, lam)[0]}
 
 
+def graphed(fn):
+    """``fn`` (no arguments, fixed inputs) captured in a CUDA graph: a callable that replays it
+    and returns the graph's outputs (overwritten by the next replay)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
 def fp64_reference(op, g, b, lam, k):
     """What the first ``k`` outputs are compared with (fp64)."""
     import erq_kernels.reference as R
@@ -194,6 +213,8 @@ def bench_shape(batch, n, meta, records, args):
 
         def record(backend, fn, config=None):
             out = fn()
+            if backend.endswith("_graph") and graph_eligible:
+                out = fn()  # the capture: kept out of the timing (later calls replay)
             if DEV == "cuda":
                 torch.cuda.synchronize()
             err = check_error(op, out[0] if isinstance(out, tuple) else out, ref)
@@ -210,6 +231,8 @@ def bench_shape(batch, n, meta, records, args):
 
         args_ = (g, b, lam) if b is not None else (g, lam)
         impl = _dispatch._IMPLS[op]
+        graph_eligible = importlib.import_module("erq_kernels.linalg_graph")._eligible(
+            [g] if b is None else [g, b])
         # Triton: the default launch configuration is the "triton" record, the others its sweep
         sweep = []
         for cfg in triton_configs(op, n):
@@ -240,7 +263,11 @@ def bench_shape(batch, n, meta, records, args):
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4)] for r in sweep]
         rows.append(rec_row)
-        for name, fn in torch_candidates(op, g, b, lam).items():
+        # the two replayed from CUDA graphs (captured at their second call, inside record)
+        for name in ("triton_graph", "triton_rec_graph"):
+            rows.append(record(name, lambda name=name: impl[name](*args_)))
+        cands = torch_candidates(op, g, b, lam)
+        for name, fn in cands.items():
             if args.skip_slow and name == "torch.cholesky_ex+cholesky_solve" and n > 2048:
                 log(f"  {op} {batch}x{n}: skipping {name} (ANCHORS: 7x slower than two "
                     "solve_triangular; too slow for the time budget)")
@@ -249,6 +276,16 @@ def bench_shape(batch, n, meta, records, args):
         rows.append(record("torch_loop", lambda: impl["torch_loop"](*args_)))
         # the baseline: the fastest torch composition, the loop of single-matrix calls included
         best_torch = min(r["ms"] for r in rows if r["backend"].startswith("torch"))
+        # For comparison only (not the baseline): the fastest composition without its host
+        # cost, replayed from a graph, as a user could do with torch alone
+        comp = min((r for r in rows if r["backend"].startswith("torch.")), key=lambda r: r["ms"])
+        try:  # lambda as a device tensor: a Python number is copied from the host each call
+            lam_t = torch.full((batch,), lam, device=DEV)
+            replay = graphed(torch_candidates(op, g, b, lam_t)[comp["backend"]])
+            rows.append(record(GRAPHED_TORCH, replay, {"composition": comp["backend"]}))
+        except Exception as e:  # a composition that synchronizes cannot be captured
+            log(f"  {op} {batch}x{n}: {comp['backend']} not capturable: {type(e).__name__}: "
+                f"{str(e)[:100]}")
         for r in rows:
             r["speedup"] = best_torch / r["ms"]
         records.extend(rows)
@@ -320,7 +357,33 @@ def selfcheck():
         _, tinfo = torch.linalg.cholesky_ex(bad.float())
         ok &= info.tolist() == tinfo.tolist() == rinfo.tolist()
         log(f"  selfcheck info {info.tolist()} / rec {rinfo.tolist()} vs torch {tinfo.tolist()}")
+    ok &= selfcheck_graphs(gen)
     log("SELFCHECK", "PASSED" if ok else "FAILED")
+    return ok
+
+
+def selfcheck_graphs(gen):
+    """The ``*_graph`` backends return the eager backend's bits: at the first call (eager), at
+    the capture, and at replays with new inputs, a new lambda and a per-matrix lambda."""
+    from erq_kernels import _dispatch
+    ok = True
+    for batch, n in SELF_SHAPES:
+        gs = [make_gram(batch, n, gen) for _ in range(2)]
+        bs = [torch.randn(batch, n, 2 * n + 5, device=DEV, generator=gen) for _ in range(2)]
+        lam_t = torch.rand(batch, device=DEV, generator=gen)
+        calls = [(0, 0.01), (0, 0.01), (1, 0.3), (0, lam_t), (1, lam_t * 2), (1, 0.01)]
+        for op in OPS:
+            impl = _dispatch._IMPLS[op]
+            for base in ("triton", "triton_rec"):
+                same = True
+                for i, lam in calls:
+                    args_ = (gs[i], bs[i], lam) if op == "ridge_solve" else (gs[i], lam)
+                    want = impl[base](*args_)
+                    got = impl[base + "_graph"](*args_)
+                    same &= all(torch.equal(x, y) for x, y in zip(got, want))
+                ok &= same
+                log(f"  selfcheck {op} {base}_graph {batch}x{n}: "
+                    + ("bits of the eager backend" if same else "DIFFERS from the eager backend"))
     return ok
 
 
@@ -342,8 +405,7 @@ def write_dispatch(records):
             for r in records:
                 if (r["op"], r["batch"], r["n"], r["nrhs"]) != (op, batch, n, nrhs):
                     continue
-                name = {"triton": "triton", "triton_rec": "triton_rec",
-                        "torch_loop": "torch_loop",
+                name = {**{t: t for t in TRITON_BACKENDS}, "torch_loop": "torch_loop",
                         REFERENCE_OF[op]: "reference"}.get(r["backend"])
                 if name:
                     cand[name] = r["ms"]
@@ -358,30 +420,40 @@ def write_dispatch(records):
 
 
 def summary(records):
-    """Per op and shape: each Triton backend and the faster of the two against the fastest
-    torch composition of the same run (the loop included); geometric means over the shapes."""
-    print("\nop                       batch x n    triton ms  triton_rec ms  best torch ms  "
-          "speed-up (rec, best)  TFLOP/s(best)  err(best)", flush=True)
+    """Per op and shape: every Triton backend and the fastest of them against the fastest torch
+    composition of the same run (the loop included; the baseline), and against that composition
+    replayed from a CUDA graph (for comparison); geometric means over the shapes."""
+    print("\nop                       batch x n    triton  triton_rec  triton_graph  rec_graph"
+          "  best torch  graphed torch  speed-up: eager best, best, best/graphed torch"
+          "  TFLOP/s(best)  err(best)", flush=True)
     for op in OPS:
-        sp_rec, sp_best = [], []
+        sp_eager, sp_best, sp_graphed = [], [], []
         for batch, n in SHAPES:
             rs = [r for r in records if r["op"] == op and r["batch"] == batch and r["n"] == n]
             if not rs:
                 continue
             tri = {r["backend"]: r for r in rs if r["backend"] in TRITON_BACKENDS}
             best = min(tri.values(), key=lambda r: r["ms"])
+            eager = min((tri[k] for k in ("triton", "triton_rec")), key=lambda r: r["ms"])
             bt = min((r for r in rs if r["backend"].startswith("torch")), key=lambda r: r["ms"])
-            sp_rec.append(tri["triton_rec"]["speedup"])
+            gt = next((r for r in rs if r["backend"] == GRAPHED_TORCH), None)
+            sp_eager.append(eager["speedup"])
             sp_best.append(best["speedup"])
-            print(f"{op:24s} {batch:4d} x {n:<5d} {tri['triton']['ms']:10.3f} "
-                  f"{tri['triton_rec']['ms']:13.3f} {bt['ms']:13.3f}   "
-                  f"{tri['triton_rec']['speedup']:6.2f}x {best['speedup']:6.2f}x "
-                  f"{best['tflops']:13.2f}  {best['max_rel_err']:.1e}", flush=True)
+            vs_graphed = gt["ms"] / best["ms"] if gt else float("nan")
+            if gt:
+                sp_graphed.append(vs_graphed)
+            cols = "".join(f"{tri[k]['ms'] if k in tri else float('nan'):{w}.3f}"
+                           for k, w in zip(TRITON_BACKENDS, (8, 12, 14, 11)))
+            print(f"{op:24s} {batch:4d} x {n:<5d}{cols} {bt['ms']:11.3f} "
+                  f"{gt['ms'] if gt else float('nan'):14.3f}   {eager['speedup']:6.2f}x "
+                  f"{best['speedup']:6.2f}x {vs_graphed:6.2f}x  ({best['backend']:16s})"
+                  f"{best['tflops']:9.2f}  {best['max_rel_err']:.1e}", flush=True)
         if sp_best:
             def gm(v):
-                return math.exp(sum(math.log(s) for s in v) / len(v))
-            print(f"{op:24s} geometric-mean speed-up: triton_rec {gm(sp_rec):.2f}x, faster Triton "
-                  f"{gm(sp_best):.2f}x over {len(sp_best)} shapes", flush=True)
+                return math.exp(sum(math.log(s) for s in v) / len(v)) if v else float("nan")
+            print(f"{op:24s} geometric-mean speed-up over {len(sp_best)} shapes: eager Triton "
+                  f"{gm(sp_eager):.2f}x, fastest Triton {gm(sp_best):.2f}x (over graphed torch "
+                  f"{gm(sp_graphed):.2f}x)", flush=True)
 
 
 def tune(args):

@@ -5,10 +5,12 @@ Rules, in order:
 0. (Below the environment, above the table:) a preference set by :func:`prefer` for the
    duration of a ``with`` block, e.g. the ERQ pipeline's reference linear algebra.
 1. ``ERQ_KERNELS_BACKEND_<OP>`` (e.g. ``ERQ_KERNELS_BACKEND_GRAM_UPDATE``), then
-   ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``triton_rec`` | ``torch_loop`` |
-   ``int8`` | ``graph`` | ``auto`` forces a backend for that op / every op that has it
-   (``triton_rec``: the recursive Cholesky, ridge solve and inverse factor; ``torch_loop``: the
-   linear algebra; ``int8`` and ``graph``: ``gram_update`` and ``gram_update_exact``) (``triton`` on CPU tensors needs
+   ``ERQ_KERNELS_BACKEND`` = ``reference`` | ``triton`` | ``triton_rec`` | ``triton_graph`` |
+   ``triton_rec_graph`` | ``torch_loop`` | ``int8`` | ``graph`` | ``auto`` forces a backend for
+   that op / every op that has it (``triton_rec``: the recursive Cholesky, ridge solve and
+   inverse factor; ``*_graph``: those of ``triton`` / ``triton_rec`` replayed from a CUDA graph
+   from the second call of a shape on; ``torch_loop``: the linear algebra; ``int8`` and
+   ``graph``: ``gram_update`` and ``gram_update_exact``) (``triton`` on CPU tensors needs
    ``TRITON_INTERPRET=1``; ``auto`` means the rules below).
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape
@@ -77,9 +79,10 @@ def choose(op: str, device, key: dict | None = None) -> str:
     if forced and forced != "auto":
         if forced == "reference" or forced in impls:
             return forced
-        if forced not in ("triton", "triton_rec", "torch_loop", "int8", "graph"):
+        if forced not in ("triton", "triton_rec", "triton_graph", "triton_rec_graph",
+                          "torch_loop", "int8", "graph"):
             raise ValueError(f"{ENV}={forced!r}: expected auto, reference, triton, triton_rec, "
-                             "torch_loop, int8 or graph")
+                             "triton_graph, triton_rec_graph, torch_loop, int8 or graph")
         return "reference"  # op has no such backend: the reference defines it
     preferred = _PREFERRED.get(op)
     if preferred is not None and (preferred == "reference" or preferred in impls):

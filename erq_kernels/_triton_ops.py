@@ -1,7 +1,7 @@
 """Imports every Triton kernel module so that each registers its backend."""
 import importlib
 
-for _mod in ("cholesky", "cholesky_rec", "gram", "gram_int8", "gram_graph", "rounding",
+for _mod in ("cholesky", "cholesky_rec", "linalg_graph", "gram", "gram_int8", "gram_graph", "rounding",
              "fakequant"):
     try:
         importlib.import_module(f"erq_kernels.{_mod}")

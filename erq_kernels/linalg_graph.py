@@ -1,0 +1,148 @@
+"""The Triton linear algebra replayed from CUDA graphs: backends ``triton_graph`` and
+``triton_rec_graph`` of ``cholesky``, ``ridge_solve`` and ``inverse_cholesky_upper``.
+
+At small n both Triton algorithms are host-bound: the blocked factorization issues 3 launches
+per 64 columns and the recursive one about 8 per 64-column leaf, and a Triton 3.6 launch costs
+about 20 us of host time, more than the GPU work of one small step (36 x 193: 10 launches,
+0.22 ms). A graph per call signature removes that cost: the call's inputs are copied into
+static buffers, the graph replays every launch at once, and the outputs are returned as
+copies (the graph's own buffers are reused by the next replay).
+
+Policy: the first call of a signature runs eagerly, so a shape solved once never pays for a
+capture (which synchronizes the device and takes several eager calls' time); the second
+captures, and every later call replays. The bits are those of the eager backend (same kernels,
+same launch order). Graphs are kept for at most :data:`MAX_GRAPHS` signatures (least recently
+used dropped) and only for inputs of at most :data:`MAX_ELEMENTS` elements in all (a graph
+holds its inputs and every intermediate of the call, a few times the input size). CPU
+tensors, non-fp32 inputs, calls made during another capture and signatures whose capture
+failed (said once, as a warning) run the eager backend.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from . import _dispatch
+
+__all__ = ["clear", "MAX_GRAPHS", "MAX_ELEMENTS"]
+
+MAX_GRAPHS = 8
+MAX_ELEMENTS = 1 << 27  # elements of G (and B) per call: 512 MiB of fp32 inputs
+_OPS = ("cholesky", "ridge_solve", "inverse_cholesky_upper")
+
+_GRAPHS: OrderedDict = OrderedDict()
+_SEEN: OrderedDict = OrderedDict()  # signatures called once (eagerly) so far
+_FAILED: set = set()
+_LOCK = threading.Lock()
+
+
+class _Replay:
+    """One captured call of ``fn(g[, b], lam_vector)`` with static inputs and outputs."""
+
+    def __init__(self, fn, inputs: list[torch.Tensor]):
+        dev = inputs[0].device
+        self.inputs = [torch.empty_like(t, memory_format=torch.contiguous_format)
+                       for t in inputs]
+        self.lam_value = None  # the Python number last written into the lambda buffer
+        self.done = torch.cuda.Event()
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for dst, src in zip(self.inputs, inputs):
+                dst.copy_(src)
+            fn(*self.inputs)  # compiles and caches outside the capture
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.outputs = fn(*self.inputs)
+
+    def __call__(self, tensors: list[torch.Tensor], lam) -> tuple:
+        stream = torch.cuda.current_stream(tensors[0].device)
+        stream.wait_event(self.done)  # the previous replay's outputs were copied out
+        for dst, src in zip(self.inputs, tensors):
+            dst.copy_(src)
+        lam_buf = self.inputs[-1]
+        if isinstance(lam, torch.Tensor):
+            lam_buf.copy_(lam.to(torch.float32).expand(lam_buf.shape))
+            self.lam_value = None
+        elif lam != self.lam_value:
+            lam_buf.fill_(lam)
+            self.lam_value = lam
+        self.graph.replay()
+        out = tuple(o.clone() for o in self.outputs)
+        self.done.record(stream)
+        return out
+
+
+def clear() -> None:
+    """Drop every captured graph (and its memory) after the replays in flight are done."""
+    with _LOCK:
+        for replay in _GRAPHS.values():
+            replay.done.synchronize()
+        _GRAPHS.clear()
+        _SEEN.clear()
+        _FAILED.clear()
+
+
+def _eligible(tensors: list[torch.Tensor]) -> bool:
+    return (all(t.is_cuda and t.dtype == torch.float32 for t in tensors)
+            and sum(t.numel() for t in tensors) <= MAX_ELEMENTS
+            and all(t.numel() > 0 for t in tensors)
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _graphed(op: str, backend: str):
+    """The ``backend + "_graph"`` version of ``op`` (same signature as the reference)."""
+
+    def run(*args):
+        *tensors, lam = args
+        eager = _dispatch._IMPLS[op][backend]
+        if not _eligible(tensors):
+            return eager(*args)
+        g = tensors[0]
+        bshape = g.shape[:-2]
+        lam_is_tensor = isinstance(lam, torch.Tensor)
+        if lam_is_tensor and (not lam.is_cuda or lam.device != g.device):
+            return eager(*args)
+        key = (op, backend, g.device.index, tuple(t.shape for t in tensors), lam_is_tensor)
+        with _LOCK:
+            replay = _GRAPHS.get(key)
+            if replay is None:
+                if key in _FAILED or key not in _SEEN:
+                    _SEEN[key] = True
+                    while len(_SEEN) > 4 * MAX_GRAPHS:
+                        _SEEN.popitem(last=False)
+                    return eager(*args)
+                lam_v = (lam.to(device=g.device, dtype=torch.float32).expand(bshape).clone()
+                         if lam_is_tensor else torch.full(bshape, 0.0 if lam is None
+                                                          else float(lam), device=g.device))
+                try:
+                    with torch.cuda.device(g.device):
+                        replay = _Replay(eager, [*tensors, lam_v])
+                except Exception as exc:  # no graph for this signature: eager, said once
+                    _FAILED.add(key)
+                    warnings.warn(f"erq_kernels.linalg_graph: capture of {op} ({backend}) "
+                                  f"failed for shapes {key[3]} ({exc}); running it eagerly",
+                                  RuntimeWarning)
+                    return eager(*args)
+                replay.lam_value = None if lam_is_tensor else (0.0 if lam is None
+                                                               else float(lam))
+                _GRAPHS[key] = replay
+                while len(_GRAPHS) > MAX_GRAPHS:
+                    _GRAPHS.popitem(last=False)[1].done.synchronize()
+            _GRAPHS.move_to_end(key)
+            with torch.cuda.device(g.device):
+                return replay(list(tensors), lam if lam_is_tensor
+                              else (0.0 if lam is None else float(lam)))
+
+    run.__doc__ = f"``{op}`` of backend ``{backend}`` through a CUDA graph per signature."
+    return run
+
+
+for _op in _OPS:
+    for _backend in ("triton", "triton_rec"):
+        if _backend in _dispatch._IMPLS.get(_op, {}):
+            _dispatch.register(_op, _backend + "_graph", _graphed(_op, _backend))
