@@ -506,7 +506,8 @@ def main():
         DEV = "cpu"
         SHAPES, TUNE_SHAPES, SELF_SHAPES = [(2, 40), (1, 70)], [(2, 40)], [(2, 70)]
     torch.backends.cuda.matmul.allow_tf32 = False
-    meta = {"card": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__,
+    meta = {"card": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+            "torch": torch.__version__,
             "triton": triton.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     log("device", meta)

@@ -1,8 +1,8 @@
 """Imports every Triton kernel module so that each registers its backend."""
 import importlib
 
-for _mod in ("cholesky", "cholesky_rec", "linalg_graph", "gram", "gram_int8", "gram_graph", "rounding",
-             "fakequant"):
+for _mod in ("cholesky", "cholesky_rec", "linalg_graph", "gram", "gram_int8", "gram_graph",
+             "rounding", "fakequant"):
     try:
         importlib.import_module(f"erq_kernels.{_mod}")
     except ModuleNotFoundError as exc:  # a kernel module not written yet

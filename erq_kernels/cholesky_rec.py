@@ -11,8 +11,9 @@ The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_choles
 
 down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
 launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``, every
-B operand K-major: see ``_LAYOUT``), which skips the zero half of a triangular operand. The ridge solve is then two triangular products,
-``X = L^-T (L^-1 B)``, and the inverse factor is ``J M^-1 J`` for ``J H J = M M^T``.
+B operand K-major: see ``_LAYOUT``), which skips the zero half of a triangular operand. The
+ridge solve is then two triangular products, ``X = L^-T (L^-1 B)``, and the inverse factor is
+``J M^-1 J`` for ``J H J = M M^T``.
 
 Matrices are padded to a multiple of 64 with the identity, so every leaf is whole and the
 factor of the padded matrix is ``diag(L, I)``. ``info`` stays on the device (the leaves write
@@ -83,7 +84,8 @@ K_FULL, K_A_LOWER, K_A_UPPER, K_B_LOWER, K_B_UPPER = 0, 1, 2, 3, 4
 def _bmm_kernel(A, B, C, M, N, K, alpha,
                 s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
                 TRI: tl.constexpr, MASK_TRI: tl.constexpr, LOWER_C: tl.constexpr,
-                ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC_: tl.constexpr):
+                ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                PREC_: tl.constexpr):
     """``C = alpha A B (+ C if ACC)`` for one ``BM x BN`` tile of one matrix of the batch.
 
     TRI makes one operand triangular: A lower (``k <= i``), A upper (``k >= i``), B lower

@@ -209,6 +209,13 @@ def test_recursive_cholesky_ill_conditioned_and_forced_backend(monkeypatch):
     assert res < 1e-6 and res <= 2 * ref_res + 1e-7, (res, ref_res)
 
 
+def _triangle_used(a, b, tri):
+    """``(a, b)`` with the half of the triangular operand named by ``tri`` zeroed."""
+    fix = {R.K_A_LOWER: (torch.tril, None), R.K_A_UPPER: (torch.triu, None),
+           R.K_B_LOWER: (None, torch.tril), R.K_B_UPPER: (None, torch.triu)}.get(tri, (None, None))
+    return tuple(t if f is None else f(t) for t, f in zip((a, b), fix))
+
+
 @pytest.mark.parametrize("tri", [R.K_FULL, R.K_A_LOWER, R.K_A_UPPER, R.K_B_LOWER, R.K_B_UPPER])
 def test_bmm_triangles_odd_shapes(tri):
     """The GEMM of the recursive path on shapes that are not multiples of its tiles, reading
@@ -216,15 +223,7 @@ def test_bmm_triangles_odd_shapes(tri):
     m, k, n = (130, 130, 70) if tri in (R.K_A_LOWER, R.K_A_UPPER) else (70, 130, 130)
     a = torch.randn(2, m, k, dtype=F64)
     b = torch.randn(2, k, n, dtype=F64)
-    a_used, b_used = a.clone(), b.clone()
-    if tri == R.K_A_LOWER:
-        a_used = a.tril()
-    elif tri == R.K_A_UPPER:
-        a_used = a.triu()
-    elif tri == R.K_B_LOWER:
-        b_used = b.tril()
-    elif tri == R.K_B_UPPER:
-        b_used = b.triu()
+    a_used, b_used = _triangle_used(a, b, tri)
     c0 = torch.randn(2, m, n, dtype=F64)
     out = c0.float().clone()
     R.bmm(a.float(), b.float().mT.contiguous().mT, out, alpha=-0.5, accumulate=True, tri=tri)
@@ -238,15 +237,8 @@ def test_bmm_zero_half_skips_without_masking(tri):
     the diagonal tiles (zero_half) gives bit for bit the masked product."""
     m, k, n = (130, 130, 70) if tri in (R.K_A_LOWER, R.K_A_UPPER) else (70, 130, 130)
     a = torch.randn(2, m, k)
-    b = torch.randn(2, k, n).mT.contiguous().mT
-    if tri == R.K_A_LOWER:
-        a = a.tril()
-    elif tri == R.K_A_UPPER:
-        a = a.triu()
-    elif tri == R.K_B_LOWER:
-        b = b.tril()
-    else:
-        b = b.triu()
+    a, b = _triangle_used(a, torch.randn(2, k, n), tri)
+    b = b.mT.contiguous().mT
     masked = torch.zeros(2, m, n)
     R.bmm(a, b, masked, tri=tri)
     skipped = torch.zeros(2, m, n)
