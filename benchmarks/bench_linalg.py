@@ -213,7 +213,7 @@ def bench_shape(batch, n, meta, records, args):
 
         def record(backend, fn, config=None):
             out = fn()
-            if backend.endswith("_graph") and graph_eligible:
+            if backend.endswith("_graph"):
                 out = fn()  # the capture: kept out of the timing (later calls replay)
             if DEV == "cuda":
                 torch.cuda.synchronize()
@@ -231,7 +231,7 @@ def bench_shape(batch, n, meta, records, args):
 
         args_ = (g, b, lam) if b is not None else (g, lam)
         impl = _dispatch._IMPLS[op]
-        graph_eligible = importlib.import_module("erq_kernels.linalg_graph")._eligible(
+        graph_eligible = importlib.import_module("erq_kernels.linalg_graph").eligible(
             [g] if b is None else [g, b])
         # Triton: the default launch configuration is the "triton" record, the others its sweep
         sweep = []
@@ -263,8 +263,9 @@ def bench_shape(batch, n, meta, records, args):
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4)] for r in sweep]
         rows.append(rec_row)
-        # the two replayed from CUDA graphs (captured at their second call, inside record)
-        for name in ("triton_graph", "triton_rec_graph"):
+        # the two replayed from CUDA graphs (captured at their second call, inside record);
+        # above the graphs' size limit they would time their eager backends again: left out
+        for name in ("triton_graph", "triton_rec_graph") if graph_eligible else ():
             rows.append(record(name, lambda name=name: impl[name](*args_)))
         cands = torch_candidates(op, g, b, lam)
         for name, fn in cands.items():
@@ -290,7 +291,9 @@ def bench_shape(batch, n, meta, records, args):
             r["speedup"] = best_torch / r["ms"]
         records.extend(rows)
         for name in TRITON_BACKENDS:
-            tri = next(r for r in rows if r["backend"] == name)
+            tri = next((r for r in rows if r["backend"] == name), None)
+            if tri is None:
+                continue
             log(f"  => {op} {batch}x{n}: {name} {tri['ms']:.3f} ms, best torch.linalg "
                 f"{best_torch:.3f} ms, speed-up {tri['speedup']:.2f}x")
         del b, ref

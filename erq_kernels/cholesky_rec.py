@@ -27,12 +27,14 @@ torch's level. The explicit ``L^-1`` in the solve adds rounding of order
 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6) and at
 most 1.5x the lowest of the torch compositions' on the H200 benchmark shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4, against the fastest torch composition of the
-same run): the solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 03:59 UTC,
+``results/linalg_log_eager_only.txt``, against the fastest torch path of the same run): the solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this
 card was 78, cuBLAS SGEMM 51). This path wins the ridge solve at every shape but 36 x 193
 (1.4-2.0x), the inverse factor at n >= 769 but 12 x 769 (1.2-3.1x) and the factorization from
 12 x 3073 up and at 72 x 1025 and 96 x 1281 (1.3-1.9x); at small n its launches dominate and the
-blocked kernels of ``cholesky.py`` win. The dispatch table picks per shape.
+blocked kernels of ``cholesky.py`` win. Those launches also make its eager times swing with
+the host's speed (up to 2x between runs); :mod:`erq_kernels.linalg_graph` replays them from a
+CUDA graph. The dispatch table picks per shape.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ failed (said once, as a warning) run the eager backend.
 """
 from __future__ import annotations
 
+import importlib
 import threading
 import warnings
 from collections import OrderedDict
@@ -27,7 +28,7 @@ import torch
 
 from . import _dispatch
 
-__all__ = ["clear", "MAX_GRAPHS", "MAX_ELEMENTS"]
+__all__ = ["clear", "eligible", "MAX_GRAPHS", "MAX_ELEMENTS"]
 
 MAX_GRAPHS = 8
 MAX_ELEMENTS = 1 << 27  # elements of G (and B) per call: 512 MiB of fp32 inputs
@@ -48,16 +49,23 @@ class _Replay:
                        for t in inputs]
         self.lam_value = None  # the Python number last written into the lambda buffer
         self.done = torch.cuda.Event()
+        caller = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for dst, src in zip(self.inputs, inputs):
-                dst.copy_(src)
-            fn(*self.inputs)  # compiles and caches outside the capture
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.outputs = fn(*self.inputs)
+        side.wait_stream(caller)
+        try:
+            with torch.cuda.stream(side):
+                for dst, src in zip(self.inputs, inputs):
+                    dst.copy_(src)
+                fn(*self.inputs)  # compiles and caches outside the capture
+            side.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            # the capture stream is named: torch's default one lives on whichever device
+            # captured first
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                self.outputs = fn(*self.inputs)
+        finally:  # a failed capture can leave its stream current
+            torch.cuda.set_stream(caller)
+        caller.wait_stream(side)
 
     def __call__(self, tensors: list[torch.Tensor], lam) -> tuple:
         stream = torch.cuda.current_stream(tensors[0].device)
@@ -87,57 +95,70 @@ def clear() -> None:
         _FAILED.clear()
 
 
-def _eligible(tensors: list[torch.Tensor]) -> bool:
-    return (all(t.is_cuda and t.dtype == torch.float32 for t in tensors)
+def _settings() -> tuple:
+    """The module-level launch settings the eager kernels read (part of a graph's key: a graph
+    keeps the kernels it captured)."""
+    # by module path: the package's ``cholesky`` attribute is the public function
+    C = importlib.import_module(f"{__package__}.cholesky")
+    RC = importlib.import_module(f"{__package__}.cholesky_rec")
+    return (C.CHOL_NB, C.DIAG_WARPS, C.TRSM_BN, C.PREC, RC.BIG, RC.SMALL, RC.SOLVE_BIG,
+            RC.SOLVE_PREC, RC.CLEAN_TRI, RC.PREC)
+
+
+def eligible(tensors: list[torch.Tensor]) -> bool:
+    """Whether a call with these tensor arguments goes through a graph (CUDA, fp32, one device,
+    nonempty, at most MAX_ELEMENTS in all, not inside another capture)."""
+    dev = tensors[0].device
+    return (all(t.is_cuda and t.device == dev and t.dtype == torch.float32 and t.numel() > 0
+                for t in tensors)
             and sum(t.numel() for t in tensors) <= MAX_ELEMENTS
-            and all(t.numel() > 0 for t in tensors)
             and not torch.cuda.is_current_stream_capturing())
 
 
+def _call(op: str, backend: str, tensors: list[torch.Tensor], lam):
+    eager = _dispatch._IMPLS[op][backend]
+    lam_is_tensor = isinstance(lam, torch.Tensor)
+    if not eligible(tensors + ([lam] if lam_is_tensor else [])):
+        return eager(*tensors, lam)
+    g = tensors[0]
+    bshape = g.shape[:-2]
+    lam_num = None if lam_is_tensor else (0.0 if lam is None else float(lam))
+    key = (op, backend, g.device.index, tuple(t.shape for t in tensors), lam_is_tensor,
+           _settings())
+    with _LOCK, torch.cuda.device(g.device):
+        replay = _GRAPHS.get(key)
+        if replay is None:
+            if key in _FAILED or key not in _SEEN:
+                _SEEN[key] = True
+                while len(_SEEN) > 4 * MAX_GRAPHS:
+                    _SEEN.popitem(last=False)
+                return eager(*tensors, lam)
+            lam_v = (lam.to(torch.float32).expand(bshape).clone() if lam_is_tensor
+                     else torch.full(bshape, lam_num, dtype=torch.float32, device=g.device))
+            try:
+                replay = _Replay(eager, [*tensors, lam_v])
+            except Exception as exc:  # no graph for this signature: eager, said once
+                _FAILED.add(key)
+                warnings.warn(f"erq_kernels.linalg_graph: capture of {op} ({backend}) failed "
+                              f"for shapes {key[3]} ({exc}); running it eagerly", RuntimeWarning)
+                return eager(*tensors, lam)
+            del _SEEN[key]  # evicted later, it starts again from an eager call
+            replay.lam_value = lam_num
+            _GRAPHS[key] = replay
+            while len(_GRAPHS) > MAX_GRAPHS:
+                _GRAPHS.popitem(last=False)[1].done.synchronize()
+        _GRAPHS.move_to_end(key)
+        return replay(tensors, lam if lam_is_tensor else lam_num)
+
+
 def _graphed(op: str, backend: str):
-    """The ``backend + "_graph"`` version of ``op`` (same signature as the reference)."""
-
-    def run(*args):
-        *tensors, lam = args
-        eager = _dispatch._IMPLS[op][backend]
-        if not _eligible(tensors):
-            return eager(*args)
-        g = tensors[0]
-        bshape = g.shape[:-2]
-        lam_is_tensor = isinstance(lam, torch.Tensor)
-        if lam_is_tensor and (not lam.is_cuda or lam.device != g.device):
-            return eager(*args)
-        key = (op, backend, g.device.index, tuple(t.shape for t in tensors), lam_is_tensor)
-        with _LOCK:
-            replay = _GRAPHS.get(key)
-            if replay is None:
-                if key in _FAILED or key not in _SEEN:
-                    _SEEN[key] = True
-                    while len(_SEEN) > 4 * MAX_GRAPHS:
-                        _SEEN.popitem(last=False)
-                    return eager(*args)
-                lam_v = (lam.to(device=g.device, dtype=torch.float32).expand(bshape).clone()
-                         if lam_is_tensor else torch.full(bshape, 0.0 if lam is None
-                                                          else float(lam), device=g.device))
-                try:
-                    with torch.cuda.device(g.device):
-                        replay = _Replay(eager, [*tensors, lam_v])
-                except Exception as exc:  # no graph for this signature: eager, said once
-                    _FAILED.add(key)
-                    warnings.warn(f"erq_kernels.linalg_graph: capture of {op} ({backend}) "
-                                  f"failed for shapes {key[3]} ({exc}); running it eagerly",
-                                  RuntimeWarning)
-                    return eager(*args)
-                replay.lam_value = None if lam_is_tensor else (0.0 if lam is None
-                                                               else float(lam))
-                _GRAPHS[key] = replay
-                while len(_GRAPHS) > MAX_GRAPHS:
-                    _GRAPHS.popitem(last=False)[1].done.synchronize()
-            _GRAPHS.move_to_end(key)
-            with torch.cuda.device(g.device):
-                return replay(list(tensors), lam if lam_is_tensor
-                              else (0.0 if lam is None else float(lam)))
-
+    """The ``backend + "_graph"`` version of ``op`` (the reference's signature)."""
+    if op == "ridge_solve":
+        def run(g, b, lam=None):
+            return _call(op, backend, [g, b], lam)
+    else:
+        def run(g, lam=None):
+            return _call(op, backend, [g], lam)
     run.__doc__ = f"``{op}`` of backend ``{backend}`` through a CUDA graph per signature."
     return run
 

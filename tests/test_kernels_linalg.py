@@ -4,6 +4,7 @@ Runs the kernels through TRITON_INTERPRET=1 on the CPU (set by conftest.py); the
 functions are called directly, so the Triton backend is what is tested.
 """
 import importlib
+import math
 
 import pytest
 import torch
@@ -267,7 +268,8 @@ def _graph_calls(op, device):
     g2 = spd(3, 70, 1e3).float().to(device)
     b = torch.randn(3, 70, 20).to(device)
     lam_t = torch.rand(3).to(device)
-    calls = [(g, 0.1), (g, 0.1), (g2, 0.3), (g, lam_t), (g2, 2 * lam_t), (g2, None)]
+    calls = [(g, 0.1), (g, 0.1), (g2, 0.3), (g, lam_t), (g2, 2 * lam_t), (g2, None),
+             (g, lam_t)]
     return [(x, b, lam) if op == "ridge_solve" else (x, lam) for x, lam in calls]
 
 
@@ -277,6 +279,45 @@ def test_graph_backends_registered_and_eager_on_cpu(op):
     impls = erq_kernels._dispatch._IMPLS[op]
     for base in ("triton", "triton_rec"):
         for args in _graph_calls(op, "cpu")[:2]:
+            want, got = impls[base](*args), impls[base + "_graph"](*args)
+            assert all(torch.equal(x, y) for x, y in zip(got, want))
+
+
+def test_graph_key_follows_the_launch_settings(monkeypatch):
+    """A graph keeps the kernels it captured, so the settings the kernels read are in its key."""
+    from erq_kernels import linalg_graph
+    before = linalg_graph._settings()
+    monkeypatch.setattr(R, "SOLVE_BIG", (64, 64, 32, 4, 3))
+    assert linalg_graph._settings() != before
+
+
+@pytest.mark.parametrize("op", GRAPHED_OPS)
+def test_graph_backends_take_the_reference_call_forms(op):
+    """lam optional and by keyword, as in the reference (CPU: the eager path)."""
+    impls = erq_kernels._dispatch._IMPLS[op]
+    g = spd(2, 33).float()
+    args = (g, torch.randn(2, 33, 5)) if op == "ridge_solve" else (g,)
+    for fn in (impls["triton_graph"], impls["triton_rec_graph"]):
+        want = impls["reference"](*args, lam=None)
+        for got in (fn(*args), fn(*args, lam=None)):
+            assert all(float((x.double() - y.double()).abs().max()) < 1e-3
+                       for x, y in zip(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", GRAPHED_OPS)
+@pytest.mark.parametrize("shape", [(70, 70), (2, 2, 70, 70)])
+def test_graph_backends_odd_batch_shapes_on_cuda(op, shape):
+    """No batch dimension and two of them, lambda of the batch shape, B not contiguous: the
+    eager backend's bits at the capture and at a replay with new inputs."""
+    impls = erq_kernels._dispatch._IMPLS[op]
+    bshape, n = shape[:-2], shape[-1]
+    for base in ("triton", "triton_rec"):
+        for step in range(3):
+            g = spd(max(1, math.prod(bshape)), n, 10.0 ** (step + 1)).float().reshape(shape).cuda()
+            lam = torch.rand(bshape).cuda()  # first call eager, second captured, third replayed
+            b = torch.randn(*bshape, 9, n).cuda().mT
+            args = (g, b, lam) if op == "ridge_solve" else (g, lam)
             want, got = impls[base](*args), impls[base + "_graph"](*args)
             assert all(torch.equal(x, y) for x, y in zip(got, want))
 
