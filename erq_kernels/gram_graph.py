@@ -73,9 +73,7 @@ class _Replay:
             work()  # compiles the Triton kernels and sets up cuBLASLt outside the capture
         torch.cuda.current_stream(dev).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        # the capture stream is named: torch's default one lives on whichever device captured
-        # first
-        with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             work()
 
     def __call__(self, x, ata, atx, colsum, s_t, z_t, params):
