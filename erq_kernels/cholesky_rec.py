@@ -28,8 +28,9 @@ torch's level. The explicit ``L^-1`` in the solve adds rounding of order
 most 1.5x the lowest of the torch compositions' on the H200 benchmark shapes.
 
 Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 03:59 UTC,
-``results/linalg_log_eager_only.txt``, against the fastest torch path of the same run): the solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this
-card was 78, cuBLAS SGEMM 51). This path wins the ridge solve at every shape but 36 x 193
+``results/linalg_log_eager_only.txt``, against the fastest torch path of the same run): the
+solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this card was 78,
+cuBLAS SGEMM 51). This path wins the ridge solve at every shape but 36 x 193
 (1.4-2.0x), the inverse factor at n >= 769 but 12 x 769 (1.2-3.1x) and the factorization from
 12 x 3073 up and at 72 x 1025 and 96 x 1281 (1.3-1.9x); at small n its launches dominate and the
 blocked kernels of ``cholesky.py`` win. Those launches also make its eager times swing with
@@ -93,8 +94,8 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
     TRI makes one operand triangular: A lower (``k <= i``), A upper (``k >= i``), B lower
     (``k >= j``), B upper (``k <= j``); the K loop skips the steps outside the triangle and the
     loads mask the rest (unless not MASK_TRI: the other half is known to hold zeros), so the
-    other half of that operand is never used. LOWER_C skips tiles
-    entirely above the diagonal (a symmetric update of which only the lower triangle is kept).
+    other half of that operand is never used. LOWER_C skips tiles entirely above the diagonal
+    (a symmetric update of which only the lower triangle is kept).
     """
     pm = tl.program_id(0)
     pn = tl.program_id(1)

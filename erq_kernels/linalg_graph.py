@@ -34,6 +34,11 @@ MAX_GRAPHS = 8
 MAX_ELEMENTS = 1 << 27  # elements of G (and B) per call: 512 MiB of fp32 inputs
 _OPS = ("cholesky", "ridge_solve", "inverse_cholesky_upper")
 
+# by module path: the package's ``cholesky`` attribute is the public function; both modules are
+# imported (and registered) before this one
+_C = importlib.import_module(f"{__package__}.cholesky")
+_RC = importlib.import_module(f"{__package__}.cholesky_rec")
+
 _GRAPHS: OrderedDict = OrderedDict()
 _SEEN: OrderedDict = OrderedDict()  # signatures called once (eagerly) so far
 _FAILED: set = set()
@@ -43,11 +48,11 @@ _LOCK = threading.Lock()
 class _Replay:
     """One captured call of ``fn(g[, b], lam_vector)`` with static inputs and outputs."""
 
-    def __init__(self, fn, inputs: list[torch.Tensor]):
+    def __init__(self, fn, inputs: list[torch.Tensor], lam_value: float | None):
         dev = inputs[0].device
         self.inputs = [torch.empty_like(t, memory_format=torch.contiguous_format)
                        for t in inputs]
-        self.lam_value = None  # the Python number last written into the lambda buffer
+        self.lam_value = lam_value  # the Python number in the lambda buffer (None: a tensor's)
         self.done = torch.cuda.Event()
         caller = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)
@@ -98,11 +103,8 @@ def clear() -> None:
 def _settings() -> tuple:
     """The module-level launch settings the eager kernels read (part of a graph's key: a graph
     keeps the kernels it captured)."""
-    # by module path: the package's ``cholesky`` attribute is the public function
-    C = importlib.import_module(f"{__package__}.cholesky")
-    RC = importlib.import_module(f"{__package__}.cholesky_rec")
-    return (C.CHOL_NB, C.DIAG_WARPS, C.TRSM_BN, C.PREC, RC.BIG, RC.SMALL, RC.SOLVE_BIG,
-            RC.SOLVE_PREC, RC.CLEAN_TRI, RC.PREC)
+    return (_C.CHOL_NB, _C.DIAG_WARPS, _C.TRSM_BN, _C.PREC, _RC.BIG, _RC.SMALL, _RC.SOLVE_BIG,
+            _RC.SOLVE_PREC, _RC.CLEAN_TRI, _RC.PREC)
 
 
 def eligible(tensors: list[torch.Tensor]) -> bool:
@@ -128,7 +130,9 @@ def _call(op: str, backend: str, tensors: list[torch.Tensor], lam):
     with _LOCK, torch.cuda.device(g.device):
         replay = _GRAPHS.get(key)
         if replay is None:
-            if key in _FAILED or key not in _SEEN:
+            if key in _FAILED:
+                return eager(*tensors, lam)
+            if key not in _SEEN:
                 _SEEN[key] = True
                 while len(_SEEN) > 4 * MAX_GRAPHS:
                     _SEEN.popitem(last=False)
@@ -136,14 +140,13 @@ def _call(op: str, backend: str, tensors: list[torch.Tensor], lam):
             lam_v = (lam.to(torch.float32).expand(bshape).clone() if lam_is_tensor
                      else torch.full(bshape, lam_num, dtype=torch.float32, device=g.device))
             try:
-                replay = _Replay(eager, [*tensors, lam_v])
+                replay = _Replay(eager, [*tensors, lam_v], lam_num)
             except Exception as exc:  # no graph for this signature: eager, said once
                 _FAILED.add(key)
                 warnings.warn(f"erq_kernels.linalg_graph: capture of {op} ({backend}) failed "
                               f"for shapes {key[3]} ({exc}); running it eagerly", RuntimeWarning)
                 return eager(*tensors, lam)
             del _SEEN[key]  # evicted later, it starts again from an eager call
-            replay.lam_value = lam_num
             _GRAPHS[key] = replay
             while len(_GRAPHS) > MAX_GRAPHS:
                 _GRAPHS.popitem(last=False)[1].done.synchronize()

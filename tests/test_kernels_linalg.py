@@ -259,7 +259,6 @@ def test_bmm_lower_out_leaves_upper_tiles():
     assert bool((out[0, :128, 128:] == 7.0).all())
 
 
-
 GRAPHED_OPS = ["cholesky", "ridge_solve", "inverse_cholesky_upper"]
 
 
