@@ -53,7 +53,9 @@ def rec_kernels():
 # setting, the one the library runs; the others are kept in its "sweep".
 REC_CONFIGS = [{}, {"BIG": (128, 128, 32, 8, 3)}, {"CLEAN_TRI": False},
                {"SOLVE_BIG": (128, 128, 32, 8, 3)}, {"SOLVE_BIG": (128, 128, 64, 8, 3)},
-               {"SOLVE_PREC": "ieee"}]
+               {"SOLVE_PREC": "ieee"}, {"STRIP_BLOCKS": 1},
+               # every op with the other panel method (cholesky_rec.REFINE)
+               {"REFINE": {"cholesky": True, "ridge_solve": False, "inverse_cholesky_upper": True}}]
 TRITON_BACKENDS = ("triton", "triton_rec", "triton_graph", "triton_rec_graph")
 GRAPHED_TORCH = "graphed_torch"  # the fastest torch composition replayed from a CUDA graph
 
@@ -244,11 +246,14 @@ def bench_shape(batch, n, meta, records, args):
         rows.append(tri_row)
         RK = rec_kernels()
         defaults = {"BIG": RK.BIG, "SOLVE_BIG": RK.SOLVE_BIG, "SOLVE_PREC": RK.SOLVE_PREC,
-                    "CLEAN_TRI": RK.CLEAN_TRI}
+                    "CLEAN_TRI": RK.CLEAN_TRI, "REFINE": dict(RK.REFINE),
+                    "STRIP_BLOCKS": RK.STRIP_BLOCKS}
         sweep = []
         for cfg in REC_CONFIGS:
             if any(key.startswith("SOLVE") for key in cfg) and op != "ridge_solve":
                 continue  # only the ridge solve has those products
+            if "STRIP_BLOCKS" in cfg and defaults["REFINE"][op]:
+                continue  # the refined panels have no strips
             for key, value in {**defaults, **cfg}.items():
                 setattr(RK, key, value)
             try:
@@ -261,7 +266,7 @@ def bench_shape(batch, n, meta, records, args):
         for key, value in defaults.items():
             setattr(RK, key, value)
         rec_row = sweep[0]
-        rec_row["sweep"] = [[r["config"], round(r["ms"], 4)] for r in sweep]
+        rec_row["sweep"] = [[r["config"], round(r["ms"], 4), r["max_rel_err"]] for r in sweep]
         rows.append(rec_row)
         # the two replayed from CUDA graphs (captured at their second call, inside record);
         # above the graphs' size limit they would time their eager backends again: left out

@@ -10,7 +10,9 @@ The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_choles
     L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]],
 
 down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
-launch. Everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``, every
+launch (``L^-1`` is assembled only where the op needs it). The panels are solved by halving
+``L11`` down to strips of at most :data:`STRIP_BLOCKS` leaves, one :func:`_strip_kernel` launch
+each; everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``, every
 B operand K-major: see ``_LAYOUT``), which skips the zero half of a triangular operand. The
 ridge solve is then two triangular products, ``X = L^-T (L^-1 B)``, and the inverse factor is
 ``J M^-1 J`` for ``J H J = M M^T``.
@@ -19,23 +21,28 @@ Matrices are padded to a multiple of 64 with the identity, so every leaf is whol
 factor of the padded matrix is ``diag(L, I)``. ``info`` stays on the device (the leaves write
 the first failing pivot in factorization order, as cuSOLVER reports it).
 
-Numerics: the panel ``L21 = A21 L11^-T`` from the explicit inverse alone left residuals
-``||L L^T - A|| / ||A||`` 2.5x torch's at cond 1e6, so it takes one step of refinement,
-``P + (A21 - P L11^T) L11^-T`` (as the panel of ``cholesky.py`` does), which brings them back to
-torch's level. The explicit ``L^-1`` in the solve adds rounding of order
-``cond(L) u = sqrt(cond(A)) u``, below the ``cond(A) u`` the factorization costs: solve errors
-0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_linalg.py``, cond up to 1e6) and at
-most 1.5x the lowest of the torch compositions' on the H200 benchmark shapes.
+Numerics: the panel ``L21 = A21 L11^-T`` is solved by recursive halving of ``L11`` down to its
+64 x 64 leaves, each applied through its explicit inverse (:meth:`_Work.solve_panel`; as
+MAGMA's triangular solves do with inverted diagonal blocks), so no large inverse enters the
+factor and the factorization costs its nominal ``n^3 / 3`` flops. The earlier panel, from the
+explicit ``L11^-1`` of the whole left half, needed one step of refinement,
+``P + (A21 - P L11^T) L11^-T``, to keep the residual at torch's level at cond 1e6, and with it
+the factorization did about 2.1x the nominal flops. Without refinement the ridge solve's
+error rose from at most 1.5x to 1.9x torch's on the H200 benchmark shapes, so the ridge solve
+keeps the refined panels (:data:`REFINE`, per op). The explicit ``L^-1`` in the solve adds
+rounding of order ``cond(L) u = sqrt(cond(A)) u``, below the ``cond(A) u`` the factorization
+costs: solve errors 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_linalg.py``,
+cond up to 1e6) and at most 1.5x the lowest of the torch compositions' on the H200 benchmark
+shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 03:59 UTC,
-``results/linalg_log_eager_only.txt``, against the fastest torch path of the same run): the
-solve's products run at about 55 TFLOP/s (Triton's ``tf32x3`` ceiling on this card was 78,
-cuBLAS SGEMM 51). This path wins the ridge solve at every shape but 36 x 193
-(1.4-2.0x), the inverse factor at n >= 769 but 12 x 769 (1.2-3.1x) and the factorization from
-12 x 3073 up and at 72 x 1025 and 96 x 1281 (1.3-1.9x); at small n its launches dominate and the
-blocked kernels of ``cholesky.py`` win. Those launches also make its eager times swing with
-the host's speed (up to 2x between runs); :mod:`erq_kernels.linalg_graph` replays them from a
-CUDA graph. The dispatch table picks per shape.
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 06:40 UTC, against the
+fastest torch path of the same run): the factorization runs at 10-43 TFLOP/s from n >= 1025
+(2.0-3.6x torch, counting its graph replays), the ridge solve's products at about 55 TFLOP/s
+(Triton's ``tf32x3`` ceiling on this card was 78, cuBLAS SGEMM 51), the inverse factor at
+2.0-4.7x torch. At small n its launches dominate: they make its eager times swing with the
+host's speed (up to 2x between runs), and :mod:`erq_kernels.linalg_graph` replays them from a
+CUDA graph, where the serial 64-column steps of the leaf kernel are half the GPU time
+(``benchmarks/profile_linalg_small.py``). The dispatch table picks per shape.
 """
 from __future__ import annotations
 
@@ -58,6 +65,9 @@ BIG: tuple | None = None
 SMALL: tuple | None = None
 _BIG = (128, 64, 32, 4, 4)
 _SMALL = (64, 64, 32, 4, 3)
+# Warps of the 64 x 64 leaf kernel (factor and inverse in registers): its 64 serial column steps
+# are most of the GPU time at small n (benchmarks/profile_linalg_small.py).
+LEAF_WARPS = 4
 # Tiles of the ridge solve's two products (3n columns): 128 x 128 with 8 warps was 4-11 % faster
 # than _BIG at every n >= 769 in the sweeps of two H200 runs, and BK = 64 (2 stages) another
 # 3-8 % at n >= 1025 (RESULTS.md section 4).
@@ -77,6 +87,12 @@ SOLVE_PREC = "tf32x3"
 # zeroed and the leaves store exact zeros there) skip its K range without masking the diagonal
 # tiles (bmm's zero_half); False masks them anyway (for the benchmark's comparison).
 CLEAN_TRI = True
+
+# Panels from the explicit inverse with one step of refinement (True), or by solve_panel's
+# recursive halving (False), per op; both measured (RESULTS.md section 4): the refined
+# panels cost two more products per split, and without them the ridge solve's error rose
+# from at most 1.5x to 1.9x torch's on the H200 benchmark shapes.
+REFINE = {"cholesky": False, "ridge_solve": True, "inverse_cholesky_upper": False}
 
 # Triangular skipping of the K loop (a tile only reads the K range where both operands can be
 # nonzero): which operand is triangular, and how.
@@ -186,90 +202,184 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
     return out
 
 
+@triton.jit
+def _strip_kernel(X, L, LI, M, s_xb, s_xr, s_lb, s_lr, s_lib, s_lik, s_lir,
+                  NBLK: tl.constexpr, BM: tl.constexpr, PREC_: tl.constexpr):
+    """``X <- X L^-T`` in place for ``BM`` rows of one matrix and a lower ``L`` of ``NBLK``
+    64-column blocks, block by block: ``X_j = (X_j - sum_i<j X_i L_ji^T) L_jj^-T`` with the
+    leaves' inverses ``L_jj^-1`` (at ``LI + j s_lik``). Rows are independent, so one program
+    owns its rows from first read to last write; the K operands are read K-major."""
+    pm = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    X += b * s_xb
+    L += b * s_lb
+    LI += b * s_lib
+    rows = pm * BM + tl.arange(0, BM)
+    rmask = rows[:, None] < M
+    r64 = tl.arange(0, 64)
+    for j in tl.static_range(NBLK):
+        acc = tl.load(X + rows[:, None] * s_xr + (j * 64 + r64)[None, :], mask=rmask, other=0.0)
+        for i in tl.static_range(j):
+            xi = tl.load(X + rows[:, None] * s_xr + (i * 64 + r64)[None, :], mask=rmask,
+                         other=0.0)
+            lt = tl.load(L + (j * 64 + r64)[None, :] * s_lr + (i * 64 + r64)[:, None])  # L_ji^T
+            acc -= tl.dot(xi, lt, input_precision=PREC_)
+        ut = tl.load(LI + j * s_lik + r64[None, :] * s_lir + r64[:, None])  # L_jj^-T
+        tl.store(X + rows[:, None] * s_xr + (j * 64 + r64)[None, :],
+                 tl.dot(acc, ut, input_precision=PREC_), mask=rmask)
+        tl.debug_barrier()  # block j, written by other threads of this program, is read next
+
+
+# Panels up to this many 64-column blocks are solved by one _strip_kernel launch; wider ones are
+# halved first (their products run in bmm). Fewer launches matter where a call is host-bound.
+STRIP_BLOCKS = 4
+
+
 class _Work:
     """Padded copy of the matrices, their inverse factor, and the scratch for the products."""
 
-    def __init__(self, src: torch.Tensor, lam, flip: bool):
+    def __init__(self, src: torch.Tensor, lam, flip: bool, scratch: int, full_inv: bool):
         n = src.shape[-1]
         bshape = src.shape[:-2]
         batch = math.prod(bshape)
         p = triton.cdiv(n, _LEAF) * _LEAF
         dev = src.device
         self.n, self.p, self.batch = n, p, batch
-        self.a = (torch.zeros if p > n else torch.empty)((batch, p, p), dtype=torch.float32,
-                                                         device=dev)
-        body = self.a[:, :n, :n]
+        # every pass over a (batch, p, p) buffer counts at small n (a tenth of a graph
+        # replay's time at 36 x 769): only the padding is zeroed, not the whole buffer
+        self.a = torch.empty((batch, p, p), dtype=torch.float32, device=dev)
         s = src.reshape(batch, n, n)
-        body.copy_(s.flip(-1, -2) if flip else s)
+        self.a[:, :n, :n].copy_(s.flip(-1, -2) if flip else s)
+        if p > n:
+            self.a[:, n:].zero_()
+            self.a[:, :n, n:].zero_()
         diag = self.a.diagonal(dim1=-2, dim2=-1)
         if lam is not None:
             diag[:, :n] += _lam_vec(lam, bshape, batch, dev)[:, None]
         diag[:, n:] = 1.0
-        self.linv = torch.zeros((batch, p, p), dtype=torch.float32, device=dev)
+        # full_inv: L^-1 as a whole (zero above the diagonal); otherwise only the leaves'
+        # inverses, which the leaf kernel writes in full (no fill needed)
+        if full_inv:
+            self.linv = torch.zeros((batch, p, p), dtype=torch.float32, device=dev)
+        else:
+            self.linv = None
+            self.leaf_invs = torch.empty((batch, p // _LEAF, _LEAF, _LEAF),
+                                         dtype=torch.float32, device=dev)
         self.info = torch.zeros(batch, dtype=torch.int32, device=dev)
         self.ws = torch.empty((batch, 2 * (p // _LEAF), _LEAF // 2, _LEAF // 2),
                               dtype=torch.float32, device=dev)
         self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
         half = (p // _LEAF + 1) // 2 * _LEAF
-        # two buffers, each as large as the root's panel (every deeper panel is smaller)
-        self.scratch = torch.empty((2, batch * half * (p - half)), dtype=torch.float32,
+        # two buffers as large as the root's panel (every deeper one is smaller): the
+        # inverse uses the first, the refined panels both
+        self.scratch = torch.empty((scratch, batch * half * (p - half)), dtype=torch.float32,
                                    device=dev)
 
     def tmp(self, i: int, rows: int, cols: int) -> torch.Tensor:
-        """Scratch buffer ``i`` (0 or 1) as a ``(batch, rows, cols)`` tensor."""
+        """Scratch buffer ``i`` as a ``(batch, rows, cols)`` tensor."""
         return self.scratch[i, :self.batch * rows * cols].view(self.batch, rows, cols)
 
     def leaf(self, off: int) -> None:
-        """Factor the 64 x 64 diagonal block at ``off`` and write its inverse into ``linv``."""
-        a, w = self.a, self.linv
+        """Factor the 64 x 64 diagonal block at ``off`` and write its inverse (into ``linv``
+        when it is kept whole)."""
+        a = self.a
+        w = self.linv if self.linv is not None else self.leaf_invs
+        s_wr = w.stride(1) if self.linv is not None else w.stride(2)
         _chol_diag_kernel[(self.batch,)](a, w, self.ws, self.info, self.zero_lam, off // _LEAF,
-                                         self.p, a.stride(0), a.stride(1), w.stride(0),
-                                         w.stride(1), _LEAF * (w.stride(1) + 1),
-                                         self.ws.stride(0), NB=_LEAF, DPREC="ieee", num_warps=4)
+                                         self.p, a.stride(0), a.stride(1), w.stride(0), s_wr,
+                                         self.leaf_stride(),
+                                         self.ws.stride(0), NB=_LEAF, DPREC="ieee",
+                                         num_warps=LEAF_WARPS)
 
-    def factor(self, off: int, m: int, need_inv: bool) -> None:
+    def leaf_stride(self) -> int:
+        """Elements from one leaf's inverse to the next one's."""
+        if self.linv is not None:
+            return _LEAF * (self.linv.stride(1) + 1)
+        return self.leaf_invs.stride(1)
+
+    def leaf_inv(self, off: int) -> torch.Tensor:
+        """The inverse of the factored leaf at ``off``, ``(batch, 64, 64)``."""
+        if self.linv is not None:
+            return self.linv[:, off:off + _LEAF, off:off + _LEAF]
+        return self.leaf_invs[:, off // _LEAF]
+
+    def factor(self, off: int, m: int, need_inv: bool, refine: bool = False) -> None:
         """Factor the diagonal block ``[off, off + m)`` in place (its trailing updates from the
         columns before ``off`` already applied); with ``need_inv`` also its inverse in ``linv``
-        (the leaves' inverses are always there)."""
+        (the leaves' inverses are always there). ``refine``: the panels from the explicit
+        inverse plus one step of refinement instead of :meth:`solve_panel` (see Numerics)."""
         if m == _LEAF:
             self.leaf(off)
             return
         m1 = (m // _LEAF + 1) // 2 * _LEAF
-        m2 = m - m1
         o2 = off + m1
-        self.factor(off, m1, True)
+        self.factor(off, m1, need_inv or refine, refine)
         a, li = self.a, self.linv
         a21 = a[:, o2:off + m, off:o2]
-        x11 = li[:, off:o2, off:o2]
-        # L21 = A21 L11^-T with one step of refinement (module docstring, Numerics):
-        # P = A21 L11^-T, then L21 = P + (A21 - P L11^T) L11^-T
-        t = self.tmp(0, m2, m1)
-        t.copy_(a21)
-        r = self.tmp(1, m2, m1)
-        bmm(t, x11.mT, r, tri=K_B_UPPER, zero_half=True)
-        bmm(r, a[:, off:o2, off:o2].mT, t, alpha=-1.0, accumulate=True, tri=K_B_UPPER)
-        a21.copy_(r)
-        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER, zero_half=True)
+        if refine:
+            self.refined_panel(a21, off, m1)
+        else:
+            self.solve_panel(a21, off, m1)  # L21 = A21 L11^-T
         bmm(a21, a21.mT, a[:, o2:off + m, o2:off + m], alpha=-1.0, accumulate=True,
             lower_out=True)  # A22 -= L21 L21^T
-        self.factor(o2, m2, need_inv)
+        self.factor(o2, m - m1, need_inv, refine)
         if need_inv:
-            # (L21 L11^-1)^T = L11^-T L21^T, stored transposed so that both products read
-            # their B operand K-major (see _LAYOUT)
-            tt = self.tmp(0, m1, m2)
-            bmm(x11.mT, a21.mT, tt, tri=K_A_UPPER, zero_half=True)
+            # L^-1's lower left block -L22^-1 L21 L11^-1; (L21 L11^-1)^T = L11^-T L21^T is
+            # stored transposed so that both products read their B operand K-major (_LAYOUT)
+            tt = self.tmp(0, m1, m - m1)
+            bmm(li[:, off:o2, off:o2].mT, a21.mT, tt, tri=K_A_UPPER, zero_half=True)
             bmm(li[:, o2:off + m, o2:off + m], tt.mT, li[:, o2:off + m, off:o2], alpha=-1.0,
                 tri=K_A_LOWER, zero_half=True)
+
+    def refined_panel(self, a21: torch.Tensor, off: int, m1: int) -> None:
+        """``A21 <- A21 L11^-T`` from the explicit ``L11^-1`` in ``linv``, with one step of
+        refinement: ``P = A21 L11^-T``, then ``P + (A21 - P L11^T) L11^-T``."""
+        a, x11 = self.a, self.linv[:, off:off + m1, off:off + m1]
+        t = self.tmp(0, *a21.shape[1:])
+        t.copy_(a21)
+        r = self.tmp(1, *a21.shape[1:])
+        bmm(t, x11.mT, r, tri=K_B_UPPER, zero_half=True)
+        bmm(r, a[:, off:off + m1, off:off + m1].mT, t, alpha=-1.0, accumulate=True,
+            tri=K_B_UPPER)
+        a21.copy_(r)
+        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER, zero_half=True)
+
+    def solve_panel(self, x: torch.Tensor, off: int, c: int) -> None:
+        """``X <- X L^-T`` in place for the factored diagonal block ``L`` at ``[off, off + c)``
+        (``x``: ``(batch, rows, c)``), by recursive halving of ``L`` down to strips of at most
+        :data:`STRIP_BLOCKS` leaves, which :func:`_strip_kernel` solves block by block through
+        the leaves' explicit inverses (see Numerics)."""
+        nblk = c // _LEAF
+        if nblk <= STRIP_BLOCKS:
+            batch, m = x.shape[0], x.shape[1]
+            if batch == 0 or m == 0:
+                return
+            if x.stride(2) != 1:
+                raise ValueError("the panel must have unit column stride")
+            li = self.leaf_inv(off)
+            lblk = self.a[:, off:off + c, off:off + c]
+            bm = 64
+            _strip_kernel[(triton.cdiv(m, bm), batch)](
+                x, lblk, li, m, x.stride(0), x.stride(1), lblk.stride(0), lblk.stride(1),
+                li.stride(0), self.leaf_stride(), li.stride(1), NBLK=nblk, BM=bm,
+                PREC_=PREC, num_warps=4)
+            return
+        c1 = (nblk + 1) // 2 * _LEAF
+        self.solve_panel(x[..., :c1], off, c1)
+        bmm(x[..., :c1], self.a[:, off + c1:off + c, off:off + c1].mT, x[..., c1:], alpha=-1.0,
+            accumulate=True)  # X2 -= X1 L21^T
+        self.solve_panel(x[..., c1:], off + c1, c - c1)
 
     def lower(self) -> torch.Tensor:
         """``L`` (upper triangle zeroed), ``(batch, n, n)`` contiguous."""
         return torch.tril(self.a[:, :self.n, :self.n])
 
 
-def _run(src: torch.Tensor, lam, *, flip: bool = False, need_inv: bool = True) -> _Work:
-    w = _Work(src, lam, flip)
+def _run(src: torch.Tensor, lam, *, flip: bool = False, need_inv: bool = True,
+         refine: bool = False) -> _Work:
+    w = _Work(src, lam, flip, 2 if refine else int(need_inv), need_inv or refine)
     if w.batch > 0 and w.n > 0:
-        w.factor(0, w.p, need_inv)
+        w.factor(0, w.p, need_inv, refine)
     return w
 
 
@@ -277,7 +387,7 @@ def cholesky(a: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.cholesky` (fp32)."""
     if not _fp32(a):
         return reference.cholesky(a, lam)
-    w = _run(a, lam, need_inv=False)
+    w = _run(a, lam, need_inv=False, refine=REFINE["cholesky"])
     return w.lower().reshape(a.shape), w.info.reshape(a.shape[:-2])
 
 
@@ -286,7 +396,7 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     ``X = L^-T (L^-1 B)`` with the explicit ``L^-1``."""
     if not (_fp32(g, b)):
         return reference.ridge_solve(g, b, lam)
-    w = _run(g, lam)
+    w = _run(g, lam, refine=REFINE["ridge_solve"])
     n = w.n
     bb = b.reshape(-1, n, b.shape[-1])
     x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
@@ -311,7 +421,7 @@ def inverse_cholesky_upper(g: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.inverse_cholesky_upper` (fp32)."""
     if not _fp32(g):
         return reference.inverse_cholesky_upper(g, lam)
-    w = _run(g, lam, flip=True)
+    w = _run(g, lam, flip=True, refine=REFINE["inverse_cholesky_upper"])
     u = w.linv[:, :w.n, :w.n].flip(-1, -2)
     return u.reshape(g.shape), w.info.reshape(g.shape[:-2])
 

@@ -16,9 +16,11 @@ accumulator entry (each entry gets exactly one; a fill of ``-0.0`` plus ``v`` wo
 again), and the final add is the same ``acc + v``. That argument needs a single chunk of rows
 (:func:`gram_exact.rows_per_chunk`); inputs of several chunks go to the int8 path. Each new
 shape (``N`` included: a smaller last batch is a new shape) costs one capture, which
-synchronizes the device and empties the allocator's cache. Graphs are kept for at most :data:`MAX_GRAPHS` shapes (least recently used
-dropped, after their replays in flight finish); inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph
-is being captured and shapes whose capture failed (said once, as a warning) go to
+synchronizes the device and empties the allocator's cache; it runs on a side stream of the
+input's device (:func:`erq_kernels._graphs.capture`). Graphs are kept for at most
+:data:`MAX_GRAPHS` shapes (least recently used dropped, after their replays in flight finish);
+inputs above :data:`MAX_ELEMENTS` elements, CPU tensors, calls made while a graph is being
+captured and shapes whose capture failed (said once, as a warning) go to
 :func:`gram_int8.gram_update` directly.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections import OrderedDict
 
 import torch
 
-from . import _dispatch, gram_exact, gram_int8
+from . import _dispatch, _graphs, gram_exact, gram_int8
 from .gram_exact import N_SLICES
 
 __all__ = ["gram_update", "gram_update_exact", "clear", "MAX_GRAPHS", "MAX_ELEMENTS"]
@@ -65,16 +67,12 @@ class _Replay:
             gram_int8.run(self.x, *self.out, self.s, self.z, s_stride, integer_z, qmax,
                           chunk_rows, n_slices, gemm, fresh=True)
 
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
+        def prepare():
             self.x.copy_(x)
             torch.cat([s_t, z_t], out=self.sz)
             work()  # compiles the Triton kernels and sets up cuBLASLt outside the capture
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            work()
+
+        self.graph = _graphs.capture(dev, prepare, work)
 
     def __call__(self, x, ata, atx, colsum, s_t, z_t, params):
         stream = torch.cuda.current_stream(x.device)
@@ -94,10 +92,7 @@ class _Replay:
 def clear() -> None:
     """Drop every captured graph (and its memory), after the replays in flight are done."""
     with _LOCK:
-        for replay in _GRAPHS.values():
-            replay.done.synchronize()
-        _GRAPHS.clear()
-        _FAILED.clear()
+        _graphs.drop_all(_GRAPHS, _FAILED)
 
 
 def _numbers(scale, zero):

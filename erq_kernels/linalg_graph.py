@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import torch
 
-from . import _dispatch
+from . import _dispatch, _graphs
 
 __all__ = ["clear", "eligible", "MAX_GRAPHS", "MAX_ELEMENTS"]
 
@@ -54,23 +54,15 @@ class _Replay:
                        for t in inputs]
         self.lam_value = lam_value  # the Python number in the lambda buffer (None: a tensor's)
         self.done = torch.cuda.Event()
-        caller = torch.cuda.current_stream(dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(caller)
-        try:
-            with torch.cuda.stream(side):
-                for dst, src in zip(self.inputs, inputs):
-                    dst.copy_(src)
-                fn(*self.inputs)  # compiles and caches outside the capture
-            side.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            # the capture stream is named: torch's default one lives on whichever device
-            # captured first
-            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
-                self.outputs = fn(*self.inputs)
-        finally:  # a failed capture can leave its stream current
-            torch.cuda.set_stream(caller)
-        caller.wait_stream(side)
+        outputs = []
+
+        def prepare():
+            for dst, src in zip(self.inputs, inputs):
+                dst.copy_(src)
+            fn(*self.inputs)  # compiles and caches outside the capture
+
+        self.graph = _graphs.capture(dev, prepare, lambda: outputs.append(fn(*self.inputs)))
+        self.outputs = outputs[0]
 
     def __call__(self, tensors: list[torch.Tensor], lam) -> tuple:
         stream = torch.cuda.current_stream(tensors[0].device)
@@ -93,18 +85,15 @@ class _Replay:
 def clear() -> None:
     """Drop every captured graph (and its memory) after the replays in flight are done."""
     with _LOCK:
-        for replay in _GRAPHS.values():
-            replay.done.synchronize()
-        _GRAPHS.clear()
-        _SEEN.clear()
-        _FAILED.clear()
+        _graphs.drop_all(_GRAPHS, _SEEN, _FAILED)
 
 
 def _settings() -> tuple:
     """The module-level launch settings the eager kernels read (part of a graph's key: a graph
     keeps the kernels it captured)."""
     return (_C.CHOL_NB, _C.DIAG_WARPS, _C.TRSM_BN, _C.PREC, _RC.BIG, _RC.SMALL, _RC.SOLVE_BIG,
-            _RC.SOLVE_PREC, _RC.CLEAN_TRI, _RC.PREC)
+            _RC.SOLVE_PREC, _RC.CLEAN_TRI, _RC.PREC, tuple(sorted(_RC.REFINE.items())),
+            _RC.LEAF_WARPS, _RC.STRIP_BLOCKS)
 
 
 def eligible(tensors: list[torch.Tensor]) -> bool:

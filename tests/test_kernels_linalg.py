@@ -210,6 +210,46 @@ def test_recursive_cholesky_ill_conditioned_and_forced_backend(monkeypatch):
     assert res < 1e-6 and res <= 2 * ref_res + 1e-7, (res, ref_res)
 
 
+@pytest.mark.parametrize("strip", [1, 2])
+def test_recursive_panels_halved_down_to_strips(monkeypatch, strip):
+    """Panels wider than STRIP_BLOCKS leaves are halved before the strip kernel (with the
+    default 4 only from n > 577): the same factor to rounding, and torch's residual at cond 1e6."""
+    a = spd(2, 385)
+    L0, _ = R.cholesky(a.float())
+    ill = spd(2, 385, cond=1e6)
+    ref_res = rel((lambda l: l @ l.mT)(torch.linalg.cholesky(ill.float()).to(F64)), ill)
+    monkeypatch.setattr(R, "STRIP_BLOCKS", strip)
+    L, info = R.cholesky(a.float())
+    assert int(info.abs().sum()) == 0 and rel(L, L0.to(F64)) < 1e-5
+    L, info = R.cholesky(ill.float())
+    res = rel(L.to(F64) @ L.to(F64).mT, ill)
+    assert int(info.abs().sum()) == 0 and res <= 2 * ref_res + 1e-7, (res, ref_res)
+
+
+@pytest.mark.parametrize("op", ["cholesky", "ridge_solve", "inverse_cholesky_upper"])
+@pytest.mark.parametrize("refine", [False, True])
+def test_recursive_panel_methods(monkeypatch, op, refine):
+    """Both panel methods of cholesky_rec.REFINE (recursive strips, or the explicit inverse
+    with one step of refinement) within 2x torch's fp32 error at cond 1e6."""
+    monkeypatch.setitem(R.REFINE, op, refine)
+    g = spd(2, 193, cond=1e6)
+    if op == "cholesky":
+        L, _ = R.cholesky(g.float())
+        got = rel(L.to(F64) @ L.to(F64).mT, g)
+        t = torch.linalg.cholesky(g.float()).to(F64)
+        want = rel(t @ t.mT, g)
+    elif op == "ridge_solve":
+        b = torch.randn(2, 193, 579, dtype=F64)
+        ref = torch.linalg.solve(g, b)
+        got = rel(R.ridge_solve(g.float(), b.float(), 0.0)[0], ref)
+        want = rel(reference.ridge_solve(g.float(), b.float(), 0.0)[0], ref)
+    else:
+        u_ref, _ = reference.inverse_cholesky_upper(g, None)
+        got = rel(R.inverse_cholesky_upper(g.float(), 0.0)[0], u_ref)
+        want = rel(reference.inverse_cholesky_upper(g.float(), 0.0)[0], u_ref)
+    assert got <= 2 * want + 1e-7, (got, want)
+
+
 def _triangle_used(a, b, tri):
     """``(a, b)`` with the half of the triangular operand named by ``tri`` zeroed."""
     fix = {R.K_A_LOWER: (torch.tril, None), R.K_A_UPPER: (torch.triu, None),

@@ -1,0 +1,76 @@
+"""Where the GPU time of ``triton_rec`` goes at the small shapes of issue 4, where its CUDA-graph
+replay is a chain of small kernels: GPU time per kernel name (torch.profiler, sum over one
+call) and the graph replay's total for each op.
+
+    python benchmarks/profile_linalg_small.py [--shapes 36x193 36x385 12x769 36x769]
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+import triton
+from torch.profiler import ProfilerActivity, profile
+
+from erq_kernels import cholesky_rec, linalg_graph, reference  # noqa: F401 (registers graphs)
+from erq_kernels._dispatch import _IMPLS
+
+
+def spd(batch, n, gen):
+    x = torch.randn(batch, n, 2 * n, device="cuda", generator=gen)
+    return x @ x.mT / (2 * n) + 0.1 * torch.eye(n, device="cuda")
+
+
+def kernel_times(fn):
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    per = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name][0] += 1
+            per[e.name][1] += getattr(e, "device_time_total", None) or e.cuda_time_total
+    return per
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="*", default=["36x193", "36x385", "12x769", "36x769"])
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for shape in args.shapes:
+        batch, n = map(int, shape.split("x"))
+        g = spd(batch, n, gen)
+        b = torch.randn(batch, n, 3 * n, device="cuda", generator=gen)
+        for op, call in (("cholesky", lambda f: f(g, 0.01)),
+                         ("ridge_solve", lambda f: f(g, b, 0.01)),
+                         ("inverse_cholesky_upper", lambda f: f(g, 0.01))):
+            eager = _IMPLS[op]["triton_rec"]
+            graphed = _IMPLS[op]["triton_rec_graph"]
+            ms = triton.testing.do_bench(lambda: call(graphed), warmup=20, rep=100,
+                                         return_mode="median")
+            per = kernel_times(lambda: call(eager))
+            total = sum(t for _, t in per.values())
+            print(f"\n{op} {batch}x{n}: graph replay {ms * 1e3:.0f} us; eager kernels "
+                  f"{sum(c for c, _ in per.values())} launches, {total:.0f} us of GPU time")
+            for name, (count, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:4]:
+                print(f"  {us:8.1f} us  {count:4d} x  {name[:90]}")
+            if op == "cholesky":  # the leaf kernel's warps (cholesky_rec.LEAF_WARPS)
+                default = cholesky_rec.LEAF_WARPS
+                for warps in (1, 2, 4, 8):
+                    cholesky_rec.LEAF_WARPS = warps
+                    per = kernel_times(lambda: call(eager))
+                    ms = triton.testing.do_bench(lambda: call(graphed), warmup=20, rep=100,
+                                                 return_mode="median")
+                    print(f"  LEAF_WARPS={warps}: graph replay {ms * 1e3:.0f} us, leaf kernel "
+                          f"{per['_chol_diag_kernel'][1]:.0f} us in all")
+                cholesky_rec.LEAF_WARPS = default
+    print()
+
+
+if __name__ == "__main__":
+    main()
