@@ -255,7 +255,7 @@ def bench_shape(batch, n, meta, records, args):
             if "STRIP_BLOCKS" in cfg and defaults["REFINE"][op]:
                 continue  # the refined panels have no strips
             for key, value in {**defaults, **cfg}.items():
-                setattr(RK, key, value)
+                setattr(RK, key, dict(value) if isinstance(value, dict) else value)
             try:
                 sweep.append(record("triton_rec", lambda: impl["triton_rec"](*args_), cfg))
             except Exception as e:  # a tile that does not fit the card's shared memory, say
@@ -263,8 +263,9 @@ def bench_shape(batch, n, meta, records, args):
                     raise
                 log(f"  {op} {batch}x{n}: triton_rec {cfg} failed: {type(e).__name__}: "
                     f"{str(e)[:100]}")
-        for key, value in defaults.items():
-            setattr(RK, key, value)
+            finally:
+                for key, value in defaults.items():
+                    setattr(RK, key, dict(value) if isinstance(value, dict) else value)
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4), r["max_rel_err"]] for r in sweep]
         rows.append(rec_row)

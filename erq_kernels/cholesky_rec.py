@@ -306,8 +306,9 @@ class _Work:
     def factor(self, off: int, m: int, need_inv: bool, refine: bool = False) -> None:
         """Factor the diagonal block ``[off, off + m)`` in place (its trailing updates from the
         columns before ``off`` already applied); with ``need_inv`` also its inverse in ``linv``
-        (the leaves' inverses are always there). ``refine``: the panels from the explicit
-        inverse plus one step of refinement instead of :meth:`solve_panel` (see Numerics)."""
+        (the leaves' inverses are always kept: :meth:`leaf_inv`). ``refine``: the panels from
+        the explicit inverse plus one step of refinement instead of :meth:`solve_panel` (see
+        Numerics)."""
         if m == _LEAF:
             self.leaf(off)
             return
@@ -350,12 +351,10 @@ class _Work:
         :data:`STRIP_BLOCKS` leaves, which :func:`_strip_kernel` solves block by block through
         the leaves' explicit inverses (see Numerics)."""
         nblk = c // _LEAF
+        if STRIP_BLOCKS < 1:
+            raise ValueError(f"STRIP_BLOCKS must be at least 1, got {STRIP_BLOCKS}")
         if nblk <= STRIP_BLOCKS:
-            batch, m = x.shape[0], x.shape[1]
-            if batch == 0 or m == 0:
-                return
-            if x.stride(2) != 1:
-                raise ValueError("the panel must have unit column stride")
+            batch, m = x.shape[0], x.shape[1]  # panels are views of rows of a: unit col stride
             li = self.leaf_inv(off)
             lblk = self.a[:, off:off + c, off:off + c]
             bm = 64

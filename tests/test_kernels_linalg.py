@@ -213,7 +213,7 @@ def test_recursive_cholesky_ill_conditioned_and_forced_backend(monkeypatch):
 @pytest.mark.parametrize("strip", [1, 2])
 def test_recursive_panels_halved_down_to_strips(monkeypatch, strip):
     """Panels wider than STRIP_BLOCKS leaves are halved before the strip kernel (with the
-    default 4 only from n > 577): the same factor to rounding, and torch's residual at cond 1e6."""
+    default 4 only from n > 512): the same factor to rounding, and torch's residual at cond 1e6."""
     a = spd(2, 385)
     L0, _ = R.cholesky(a.float())
     ill = spd(2, 385, cond=1e6)
