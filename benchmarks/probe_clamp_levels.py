@@ -81,7 +81,8 @@ def main():
     for r in rows:
         kinds[r["layer"].split(".")[-1]].append(r)
     print(f"ViT-Ti rtn W{args.w_bits}A{args.a_bits}, seed {args.seed}, 32 calibration images")
-    print(f"{'layer kind':10} {'layers':>6} {'fractional z':>12} {'clamped (min..max per layer)':>32}")
+    print(f"{'layer kind':10} {'layers':>6} {'fractional z':>12} "
+          f"{'clamped (min..max per layer)':>32}")
     for kind, rs in kinds.items():
         frac = sum(not r["zero_is_integer"] for r in rs)
         shares = [r["share_lower_clamp"] + r["share_upper_clamp"] for r in rs]
