@@ -149,14 +149,8 @@ def torch_candidates(op, g, b, lam):
 def graphed(fn):
     """``fn`` (no arguments, fixed inputs) captured in a CUDA graph: a callable that replays it
     and returns the graph's outputs (overwritten by the next replay)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    from erq_kernels import _graphs
+    graph, out = _graphs.capture(torch.device(DEV, torch.cuda.current_device()), fn, fn)
 
     def replay():
         graph.replay()
@@ -191,6 +185,12 @@ def triton_configs(op, n):
     # The first H200 run also timed NB=128 (7-20x slower, 40-130 s to compile) and 1 or 2
     # diagonal warps (slower at both measured shapes); they are left out to fit the time budget.
     return [{}] if op == "cholesky" else [{}, {"TRSM_BN": 128}]
+
+
+def apply(module, settings):
+    """Set module-level settings (dict values copied: a sweep entry must not be changed)."""
+    for key, value in settings.items():
+        setattr(module, key, dict(value) if isinstance(value, dict) else value)
 
 
 def set_config(C, cfg):
@@ -254,8 +254,7 @@ def bench_shape(batch, n, meta, records, args):
                 continue  # only the ridge solve has those products
             if "STRIP_BLOCKS" in cfg and defaults["REFINE"][op]:
                 continue  # the refined panels have no strips
-            for key, value in {**defaults, **cfg}.items():
-                setattr(RK, key, dict(value) if isinstance(value, dict) else value)
+            apply(RK, {**defaults, **cfg})
             try:
                 sweep.append(record("triton_rec", lambda: impl["triton_rec"](*args_), cfg))
             except Exception as e:  # a tile that does not fit the card's shared memory, say
@@ -264,8 +263,7 @@ def bench_shape(batch, n, meta, records, args):
                 log(f"  {op} {batch}x{n}: triton_rec {cfg} failed: {type(e).__name__}: "
                     f"{str(e)[:100]}")
             finally:
-                for key, value in defaults.items():
-                    setattr(RK, key, dict(value) if isinstance(value, dict) else value)
+                apply(RK, defaults)
         rec_row = sweep[0]
         rec_row["sweep"] = [[r["config"], round(r["ms"], 4), r["max_rel_err"]] for r in sweep]
         rows.append(rec_row)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def capture(dev: torch.device, prepare, body) -> torch.cuda.CUDAGraph:
+def capture(dev: torch.device, prepare, body) -> tuple:
     """Run ``prepare()`` (fills the static inputs, compiles the kernels, sets up cuBLAS) and
     then capture ``body()`` into a new graph, both on a side stream of ``dev`` that is ordered
-    after the caller's current stream, and order the caller after it again.
+    after the caller's current stream, and order the caller after it again. Returns the graph
+    and what ``body()`` returned (its static outputs, rewritten by every replay).
 
     The capture stream is named: torch's default capture stream lives on whichever device
     captured first, so a second GPU's capture would otherwise run on the first GPU's stream.
@@ -24,11 +25,11 @@ def capture(dev: torch.device, prepare, body) -> torch.cuda.CUDAGraph:
             prepare()
         side.synchronize()
         with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            body()
+            out = body()
     finally:
         torch.cuda.set_stream(caller)
     caller.wait_stream(side)
-    return graph
+    return graph, out
 
 
 def drop_all(graphs, *others) -> None:

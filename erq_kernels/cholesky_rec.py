@@ -238,7 +238,7 @@ STRIP_BLOCKS = 4
 class _Work:
     """Padded copy of the matrices, their inverse factor, and the scratch for the products."""
 
-    def __init__(self, src: torch.Tensor, lam, flip: bool, scratch: int, full_inv: bool):
+    def __init__(self, src: torch.Tensor, lam, flip: bool, need_inv: bool, refine: bool):
         n = src.shape[-1]
         bshape = src.shape[:-2]
         batch = math.prod(bshape)
@@ -257,9 +257,9 @@ class _Work:
         if lam is not None:
             diag[:, :n] += _lam_vec(lam, bshape, batch, dev)[:, None]
         diag[:, n:] = 1.0
-        # full_inv: L^-1 as a whole (zero above the diagonal); otherwise only the leaves'
-        # inverses, which the leaf kernel writes in full (no fill needed)
-        if full_inv:
+        # L^-1 as a whole (zero above the diagonal) where the op or the refined panels need
+        # it; otherwise only the leaves' inverses, which the leaf kernel writes in full
+        if need_inv or refine:
             self.linv = torch.zeros((batch, p, p), dtype=torch.float32, device=dev)
         else:
             self.linv = None
@@ -272,8 +272,8 @@ class _Work:
         half = (p // _LEAF + 1) // 2 * _LEAF
         # two buffers as large as the root's panel (every deeper one is smaller): the
         # inverse uses the first, the refined panels both
-        self.scratch = torch.empty((scratch, batch * half * (p - half)), dtype=torch.float32,
-                                   device=dev)
+        self.scratch = torch.empty((2 if refine else int(need_inv), batch * half * (p - half)),
+                                   dtype=torch.float32, device=dev)
 
     def tmp(self, i: int, rows: int, cols: int) -> torch.Tensor:
         """Scratch buffer ``i`` as a ``(batch, rows, cols)`` tensor."""
@@ -282,14 +282,11 @@ class _Work:
     def leaf(self, off: int) -> None:
         """Factor the 64 x 64 diagonal block at ``off`` and write its inverse (into ``linv``
         when it is kept whole)."""
-        a = self.a
-        w = self.linv if self.linv is not None else self.leaf_invs
-        s_wr = w.stride(1) if self.linv is not None else w.stride(2)
+        a, w = self.a, self.leaf_inv(0)  # the kernel steps from leaf 0 to leaf off // 64
         _chol_diag_kernel[(self.batch,)](a, w, self.ws, self.info, self.zero_lam, off // _LEAF,
-                                         self.p, a.stride(0), a.stride(1), w.stride(0), s_wr,
-                                         self.leaf_stride(),
-                                         self.ws.stride(0), NB=_LEAF, DPREC="ieee",
-                                         num_warps=LEAF_WARPS)
+                                         self.p, a.stride(0), a.stride(1), w.stride(0),
+                                         w.stride(1), self.leaf_stride(), self.ws.stride(0),
+                                         NB=_LEAF, DPREC="ieee", num_warps=LEAF_WARPS)
 
     def leaf_stride(self) -> int:
         """Elements from one leaf's inverse to the next one's."""
@@ -376,7 +373,7 @@ class _Work:
 
 def _run(src: torch.Tensor, lam, *, flip: bool = False, need_inv: bool = True,
          refine: bool = False) -> _Work:
-    w = _Work(src, lam, flip, 2 if refine else int(need_inv), need_inv or refine)
+    w = _Work(src, lam, flip, need_inv, refine)
     if w.batch > 0 and w.n > 0:
         w.factor(0, w.p, need_inv, refine)
     return w

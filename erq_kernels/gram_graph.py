@@ -72,7 +72,7 @@ class _Replay:
             torch.cat([s_t, z_t], out=self.sz)
             work()  # compiles the Triton kernels and sets up cuBLASLt outside the capture
 
-        self.graph = _graphs.capture(dev, prepare, work)
+        self.graph, _ = _graphs.capture(dev, prepare, work)
 
     def __call__(self, x, ata, atx, colsum, s_t, z_t, params):
         stream = torch.cuda.current_stream(x.device)

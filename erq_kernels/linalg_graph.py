@@ -54,15 +54,13 @@ class _Replay:
                        for t in inputs]
         self.lam_value = lam_value  # the Python number in the lambda buffer (None: a tensor's)
         self.done = torch.cuda.Event()
-        outputs = []
 
         def prepare():
             for dst, src in zip(self.inputs, inputs):
                 dst.copy_(src)
             fn(*self.inputs)  # compiles and caches outside the capture
 
-        self.graph = _graphs.capture(dev, prepare, lambda: outputs.append(fn(*self.inputs)))
-        self.outputs = outputs[0]
+        self.graph, self.outputs = _graphs.capture(dev, prepare, lambda: fn(*self.inputs))
 
     def __call__(self, tensors: list[torch.Tensor], lam) -> tuple:
         stream = torch.cuda.current_stream(tensors[0].device)
