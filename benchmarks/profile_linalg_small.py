@@ -1,8 +1,12 @@
 """Where the GPU time of ``triton_rec`` goes at the small shapes of issue 4, where its CUDA-graph
 replay is a chain of small kernels: GPU time per kernel name (torch.profiler, sum over one
-call) and the graph replay's total for each op.
+call) and the graph replay's total for each op; then, for the factorization, the same with each
+leaf kernel warp count listed in ``--warps`` (``cholesky_rec.LEAF_WARPS``); ``--graph-limit``
+shapes: eager against graphed (``linalg_graph.MAX_ELEMENTS`` lifted for the measurement), and
+the memory a graph holds.
 
     python benchmarks/profile_linalg_small.py [--shapes 36x193 36x385 12x769 36x769]
+        [--warps 1 2 4 8] [--graph-limit 96x1281]
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ def kernel_times(fn):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="*", default=["36x193", "36x385", "12x769", "36x769"])
+    ap.add_argument("--warps", nargs="*", type=int, default=[])
+    ap.add_argument("--graph-limit", nargs="*", default=[])
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -59,16 +65,39 @@ def main():
                   f"{sum(c for c, _ in per.values())} launches, {total:.0f} us of GPU time")
             for name, (count, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:4]:
                 print(f"  {us:8.1f} us  {count:4d} x  {name[:90]}")
-            if op == "cholesky":  # the leaf kernel's warps (cholesky_rec.LEAF_WARPS)
-                default = cholesky_rec.LEAF_WARPS
-                for warps in (1, 2, 4, 8):
-                    cholesky_rec.LEAF_WARPS = warps
-                    per = kernel_times(lambda: call(eager))
-                    ms = triton.testing.do_bench(lambda: call(graphed), warmup=20, rep=100,
-                                                 return_mode="median")
-                    print(f"  LEAF_WARPS={warps}: graph replay {ms * 1e3:.0f} us, leaf kernel "
-                          f"{per['_chol_diag_kernel'][1]:.0f} us in all")
-                cholesky_rec.LEAF_WARPS = default
+            if op != "cholesky":
+                continue
+
+            def leaf(label):
+                per = kernel_times(lambda: call(eager))
+                ms = triton.testing.do_bench(lambda: call(graphed), warmup=20, rep=100,
+                                             return_mode="median")
+                print(f"  {label}: graph replay {ms * 1e3:.0f} us, leaf kernel "
+                      f"{per['_chol_diag_kernel'][1]:.0f} us in all")
+            default = cholesky_rec.LEAF_WARPS
+            for warps in args.warps:
+                cholesky_rec.LEAF_WARPS = warps
+                leaf(f"LEAF_WARPS={warps}")
+            cholesky_rec.LEAF_WARPS = default
+    for shape in args.graph_limit:
+        batch, n = map(int, shape.split("x"))
+        g = spd(batch, n, gen)
+        limit = linalg_graph.MAX_ELEMENTS
+        linalg_graph.MAX_ELEMENTS = 1 << 62
+        for op in ("cholesky", "inverse_cholesky_upper"):
+            eager = _IMPLS[op]["triton_rec"]
+            graphed = _IMPLS[op]["triton_rec_graph"]
+            t_eager = triton.testing.do_bench(lambda: eager(g, 0.01), warmup=5, rep=50,
+                                              return_mode="median")
+            base = torch.cuda.memory_allocated()
+            t_graph = triton.testing.do_bench(lambda: graphed(g, 0.01), warmup=5, rep=50,
+                                              return_mode="median")
+            held = torch.cuda.memory_allocated() - base
+            linalg_graph.clear()
+            print(f"\n{op} {shape} ({g.numel() / 2**20:.0f} Mi elements): eager {t_eager:.3f} ms, "
+                  f"graph replay {t_graph:.3f} ms ({t_eager / t_graph:.2f}x), graph holds "
+                  f"{held / 2**30:.2f} GiB")
+        linalg_graph.MAX_ELEMENTS = limit
     print()
 
 

@@ -136,11 +136,11 @@ def _solve_right(a, lo, xinv, PREC_: tl.constexpr):
 
 @triton.jit
 def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wr, s_wk, s_wsb,
-                      NB: tl.constexpr, DPREC: tl.constexpr):
+                      NB: tl.constexpr, DPREC: tl.constexpr, STORE_WS: tl.constexpr):
     """Factor diagonal block ``k`` of every matrix (one program each), store ``L_kk`` (upper
-    part zeroed), its inverse at ``W + b*s_wb + k*s_wk`` (row stride ``s_wr``), the inverses
-    of its halves into ``WS``, and the first failing pivot into ``INFO`` unless an earlier
-    block already failed."""
+    part zeroed), its inverse at ``W + b*s_wb + k*s_wk`` (row stride ``s_wr``), with
+    ``STORE_WS`` the inverses of its halves into ``WS`` (for :func:`_chol_panel_kernel`), and
+    the first failing pivot into ``INFO`` unless an earlier block already failed."""
     H: tl.constexpr = NB // 2
     b = tl.program_id(0)
     A += b.to(tl.int64) * s_ab
@@ -176,9 +176,10 @@ def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wr, s_wk, s
     tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
     tl.store(w + (rr + H) * s_wr + cc, x21)
     tl.store(w + (rr + H) * s_wr + (cc + H), x22)
-    ws = WS + b.to(tl.int64) * s_wsb + (2 * k) * H * H
-    tl.store(ws + rr * H + cc, x11)
-    tl.store(ws + H * H + rr * H + cc, x22)
+    if STORE_WS:
+        ws = WS + b.to(tl.int64) * s_wsb + (2 * k) * H * H
+        tl.store(ws + rr * H + cc, x11)
+        tl.store(ws + H * H + rr * H + cc, x22)
 
     f = tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, NB))
     old = tl.load(INFO + b)
@@ -420,7 +421,7 @@ def cholesky_workspace(a: torch.Tensor, lam_v: torch.Tensor, info: torch.Tensor)
     for k in range(nb):
         _chol_diag_kernel[(batch,)](a, w, ws, info, lam_v, k, n, a.stride(0), a.stride(1),
                                     w.stride(0), nbk, nbk * nbk, ws.stride(0), NB=nbk,
-                                    DPREC="ieee",
+                                    DPREC="ieee", STORE_WS=True,
                                     num_warps=diag_warps)
         t = nb - k - 1
         if t == 0:

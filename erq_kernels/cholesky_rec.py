@@ -35,11 +35,11 @@ costs: solve errors 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_lin
 cond up to 1e6) and at most 1.5x the lowest of the torch compositions' on the H200 benchmark
 shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 06:40 UTC, against the
-fastest torch path of the same run): the factorization runs at 10-43 TFLOP/s from n >= 1025
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 08:54 UTC, against the
+fastest torch path of the same run): the factorization runs at 7-40 TFLOP/s from n >= 1025
 (2.0-3.6x torch, counting its graph replays), the ridge solve's products at about 55 TFLOP/s
 (Triton's ``tf32x3`` ceiling on this card was 78, cuBLAS SGEMM 51), the inverse factor at
-2.0-4.7x torch. At small n its launches dominate: they make its eager times swing with the
+1.6-4.3x torch. At small n its launches dominate: they make its eager times swing with the
 host's speed (up to 2x between runs), and :mod:`erq_kernels.linalg_graph` replays them from a
 CUDA graph, where the serial 64-column steps of the leaf kernel are half the GPU time
 (``benchmarks/profile_linalg_small.py``). The dispatch table picks per shape.
@@ -266,8 +266,6 @@ class _Work:
             self.leaf_invs = torch.empty((batch, p // _LEAF, _LEAF, _LEAF),
                                          dtype=torch.float32, device=dev)
         self.info = torch.zeros(batch, dtype=torch.int32, device=dev)
-        self.ws = torch.empty((batch, 2 * (p // _LEAF), _LEAF // 2, _LEAF // 2),
-                              dtype=torch.float32, device=dev)
         self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
         half = (p // _LEAF + 1) // 2 * _LEAF
         # two buffers as large as the root's panel (every deeper one is smaller): the
@@ -283,10 +281,11 @@ class _Work:
         """Factor the 64 x 64 diagonal block at ``off`` and write its inverse (into ``linv``
         when it is kept whole)."""
         a, w = self.a, self.leaf_inv(0)  # the kernel steps from leaf 0 to leaf off // 64
-        _chol_diag_kernel[(self.batch,)](a, w, self.ws, self.info, self.zero_lam, off // _LEAF,
+        # no WS: the halves' inverses are for the blocked algorithm's panels (a stands in)
+        _chol_diag_kernel[(self.batch,)](a, w, a, self.info, self.zero_lam, off // _LEAF,
                                          self.p, a.stride(0), a.stride(1), w.stride(0),
-                                         w.stride(1), self.leaf_stride(), self.ws.stride(0),
-                                         NB=_LEAF, DPREC="ieee", num_warps=LEAF_WARPS)
+                                         w.stride(1), self.leaf_stride(), 0, NB=_LEAF,
+                                         DPREC="ieee", STORE_WS=False, num_warps=LEAF_WARPS)
 
     def leaf_stride(self) -> int:
         """Elements from one leaf's inverse to the next one's."""

@@ -31,7 +31,7 @@ from . import _dispatch, _graphs
 __all__ = ["clear", "eligible", "MAX_GRAPHS", "MAX_ELEMENTS"]
 
 MAX_GRAPHS = 8
-MAX_ELEMENTS = 1 << 27  # elements of G (and B) per call: 512 MiB of fp32 inputs
+MAX_ELEMENTS = 1 << 28  # elements of G (and B) per call: 1 GiB of fp32 inputs
 _OPS = ("cholesky", "ridge_solve", "inverse_cholesky_upper")
 
 # by module path: the package's ``cholesky`` attribute is the public function; both modules are
