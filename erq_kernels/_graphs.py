@@ -13,8 +13,9 @@ def capture(dev: torch.device, prepare, body) -> tuple:
 
     The capture stream is named: torch's default capture stream lives on whichever device
     captured first, so a second GPU's capture would otherwise run on the first GPU's stream.
-    The caller's stream is restored even when the capture fails (a failed capture can leave
-    its stream current).
+    The caller's stream is restored, and ordered after the side stream, even when the capture
+    fails (a failed capture can leave its stream current, and a ``prepare()`` that raised can
+    leave work queued on the side stream that reads buffers the caller then frees).
     """
     caller = torch.cuda.current_stream(dev)
     side = torch.cuda.Stream(dev)
@@ -28,7 +29,7 @@ def capture(dev: torch.device, prepare, body) -> tuple:
             out = body()
     finally:
         torch.cuda.set_stream(caller)
-    caller.wait_stream(side)
+        caller.wait_stream(side)
     return graph, out
 
 
