@@ -83,22 +83,29 @@ def main():
         batch, n = map(int, shape.split("x"))
         g = spd(batch, n, gen)
         limit = linalg_graph.MAX_ELEMENTS
-        linalg_graph.MAX_ELEMENTS = 1 << 62
-        for op in ("cholesky", "inverse_cholesky_upper"):
-            eager = _IMPLS[op]["triton_rec"]
-            graphed = _IMPLS[op]["triton_rec_graph"]
-            t_eager = triton.testing.do_bench(lambda: eager(g, 0.01), warmup=5, rep=50,
-                                              return_mode="median")
-            base = torch.cuda.memory_allocated()
-            t_graph = triton.testing.do_bench(lambda: graphed(g, 0.01), warmup=5, rep=50,
-                                              return_mode="median")
-            held = torch.cuda.memory_allocated() - base
-            linalg_graph.clear()
-            print(f"\n{op} {shape} ({g.numel() / 2**20:.0f} Mi elements): eager {t_eager:.3f} ms, "
-                  f"graph replay {t_graph:.3f} ms ({t_eager / t_graph:.2f}x), graph holds "
-                  f"{held / 2**30:.2f} GiB")
-        linalg_graph.MAX_ELEMENTS = limit
+        linalg_graph.MAX_ELEMENTS = 1 << 62  # shapes above the limit are measured too
+        try:
+            graph_limit(g, shape)
+        finally:
+            linalg_graph.MAX_ELEMENTS = limit
     print()
+
+
+def graph_limit(g, shape):
+    """Eager against graphed ``triton_rec`` on ``g``, and the memory a held graph adds."""
+    for op in ("cholesky", "inverse_cholesky_upper"):
+        eager = _IMPLS[op]["triton_rec"]
+        graphed = _IMPLS[op]["triton_rec_graph"]
+        t_eager = triton.testing.do_bench(lambda: eager(g, 0.01), warmup=5, rep=50,
+                                          return_mode="median")
+        base = torch.cuda.memory_allocated()
+        t_graph = triton.testing.do_bench(lambda: graphed(g, 0.01), warmup=5, rep=50,
+                                          return_mode="median")
+        held = torch.cuda.memory_allocated() - base
+        linalg_graph.clear()
+        print(f"\n{op} {shape} ({g.numel() / 2**20:.0f} Mi elements): eager {t_eager:.3f} ms, "
+              f"graph replay {t_graph:.3f} ms ({t_eager / t_graph:.2f}x), graph holds "
+              f"{held / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ from . import _dispatch, _graphs
 __all__ = ["clear", "eligible", "MAX_GRAPHS", "MAX_ELEMENTS"]
 
 MAX_GRAPHS = 8
-MAX_ELEMENTS = 1 << 28  # elements of G (and B) per call: 1 GiB of fp32 inputs
+# elements of G (and B) per call, 1 GiB of fp32 inputs: admits 96 x 1281 (factorization and
+# inverse factor 1.24-1.38x faster graphed on the H200, 1.17 GiB more allocated while a graph
+# is held, its private pool of intermediates besides; RESULTS.md section 4); MAX_GRAPHS of them
+MAX_ELEMENTS = 1 << 28
 _OPS = ("cholesky", "ridge_solve", "inverse_cholesky_upper")
 
 # by module path: the package's ``cholesky`` attribute is the public function; both modules are

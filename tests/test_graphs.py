@@ -54,7 +54,8 @@ def test_gpu_capture_failure_in_prepare_keeps_its_error():
     x = torch.zeros(1 << 20, device=dev)
 
     def prepare():
-        for _ in range(20):  # queued on the side stream when the error comes
+        torch.cuda._sleep(100_000_000)  # keeps the adds below queued when the error comes
+        for _ in range(20):
             x.add_(1.0)
         raise ValueError("prepare failed")
 
