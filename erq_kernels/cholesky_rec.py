@@ -281,9 +281,13 @@ class _Work:
         """Factor the 64 x 64 diagonal block at ``off`` and write its inverse (into ``linv``
         when it is kept whole)."""
         a, w = self.a, self.leaf_inv(0)  # the kernel steps from leaf 0 to leaf off // 64
-        # no WS: the halves' inverses are for the blocked algorithm's panels (a stands in)
+        # no WS: the halves' inverses are for the blocked algorithm's panels (a stands in).
+        # The true order n, not p: the kernel runs column steps only for the rows below n, and
+        # the identity padding needs none. At n = 64k + 1 (every D + 1 of issue 4) the last
+        # leaf is one column and 63 of padding: one step instead of 64 (a quarter of the
+        # leaves' time at n = 193).
         _chol_diag_kernel[(self.batch,)](a, w, a, self.info, self.zero_lam, off // _LEAF,
-                                         self.p, a.stride(0), a.stride(1), w.stride(0),
+                                         self.n, a.stride(0), a.stride(1), w.stride(0),
                                          w.stride(1), self.leaf_stride(), 0, NB=_LEAF,
                                          DPREC="ieee", STORE_WS=False, num_warps=LEAF_WARPS)
 
