@@ -4,7 +4,8 @@ The recursive factorization's small shapes are bound by the leaf kernel's serial
 (``benchmarks/RESULTS.md`` section 4). A smaller leaf has the same number of column steps per
 matrix but smaller tiles per step (fewer elements per thread, or fewer warps to synchronize).
 This times one launch of ``cholesky._chol_diag_kernel`` (factor and inverse of one diagonal
-block per matrix, one program per matrix) for each leaf size and warp count, by
+block per matrix, one program per matrix) for each leaf size and warp count, and of
+``cholesky_rec._leaf_quarters_kernel`` (the 64 x 64 leaf as four 16-column tiles), by
 ``torch.profiler`` (GPU time of the kernel alone; the block is restored from a copy before
 each launch), and checks the factor against fp64.
 
@@ -20,9 +21,10 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 from erq_kernels.cholesky import _chol_diag_kernel
+from erq_kernels.cholesky_rec import _leaf_quarters_kernel
 
 
-def leaf_time_us(a0, nb, warps, reps=20):
+def leaf_time_us(a0, nb, warps, quarters=False, reps=20):
     batch, n, _ = a0.shape
     a = a0.clone()
     w = torch.empty((batch, nb, nb), device="cuda")
@@ -30,6 +32,11 @@ def leaf_time_us(a0, nb, warps, reps=20):
     lam = torch.zeros(batch, device="cuda")
 
     def launch():
+        if quarters:
+            _leaf_quarters_kernel[(batch,)](a, w, info, 0, n, a.stride(0), a.stride(1),
+                                            w.stride(0), w.stride(1), 0, DPREC="ieee",
+                                            num_warps=warps)
+            return
         _chol_diag_kernel[(batch,)](a, w, a, info, lam, 0, n, a.stride(0), a.stride(1),
                                     w.stride(0), w.stride(1), 0, 0, NB=nb, DPREC="ieee",
                                     STORE_WS=False, num_warps=warps)
@@ -49,7 +56,8 @@ def leaf_time_us(a0, nb, warps, reps=20):
         torch.cuda.synchronize()
     total, count = 0.0, 0
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and "_chol_diag_kernel" in e.name:
+        if e.device_type == torch.autograd.DeviceType.CUDA and "_kernel" in e.name and (
+                "_chol_diag" in e.name or "_leaf_quarters" in e.name):
             total += getattr(e, "device_time_total", None) or e.cuda_time_total
             count += 1
     return total / max(count, 1), err, inv_err
@@ -66,13 +74,15 @@ def main():
     x = torch.randn(args.batch, n, 2 * n, device="cuda", generator=gen)
     a0 = x @ x.mT / (2 * n) + 0.1 * torch.eye(n, device="cuda")
     rows = []
-    for nb in (64, 32):
+    for nb, quarters in ((64, False), (64, True), (32, False)):
         for warps in (1, 2, 4, 8):
-            us, err, inv_err = leaf_time_us(a0, nb, warps)
-            rows.append({"leaf": nb, "warps": warps, "us_per_launch": round(us, 2),
+            us, err, inv_err = leaf_time_us(a0, nb, warps, quarters)
+            rows.append({"leaf": nb, "quarters": quarters, "warps": warps,
+                         "us_per_launch": round(us, 2),
                          "us_per_column": round(us / nb, 3), "factor_err": err,
                          "inverse_err": inv_err})
-            print(f"leaf {nb:3d}  warps {warps}:  {us:7.2f} us per launch, "
+            print(f"leaf {nb:3d}{' in quarters' if quarters else '            '}  "
+                  f"warps {warps}:  {us:7.2f} us per launch, "
                   f"{us / nb:6.3f} us per column   ||LL^T-A||/||A|| {err:.1e}  "
                   f"||XL-I|| {inv_err:.1e}", flush=True)
     if args.out:

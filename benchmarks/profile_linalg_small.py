@@ -1,12 +1,13 @@
 """Where the GPU time of ``triton_rec`` goes at the small shapes of issue 4, where its CUDA-graph
 replay is a chain of small kernels: GPU time per kernel name (torch.profiler, sum over one
 call) and the graph replay's total for each op; then, for the factorization, the same with each
-leaf kernel warp count listed in ``--warps`` (``cholesky_rec.LEAF_WARPS``); ``--graph-limit``
+leaf kernel warp count listed in ``--warps`` (``cholesky_rec.LEAF_WARPS``) and each leaf form
+in ``--quarters`` (``cholesky_rec.LEAF_QUARTERS``, graph replays of all three ops); ``--graph-limit``
 shapes: eager against graphed (``linalg_graph.MAX_ELEMENTS`` lifted for the measurement), and
 the memory a graph holds.
 
     python benchmarks/profile_linalg_small.py [--shapes 36x193 36x385 12x769 36x769]
-        [--warps 1 2 4 8] [--graph-limit 96x1281]
+        [--warps 1 2 4 8] [--graph-limit 96x1281] [--quarters 0 1]
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=["36x193", "36x385", "12x769", "36x769"])
     ap.add_argument("--warps", nargs="*", type=int, default=[])
     ap.add_argument("--graph-limit", nargs="*", default=[])
+    ap.add_argument("--quarters", nargs="*", type=int, default=[],
+                    help="cholesky_rec.LEAF_QUARTERS settings to time (0 1)")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -72,13 +75,27 @@ def main():
                 per = kernel_times(lambda: call(eager))
                 ms = triton.testing.do_bench(lambda: call(graphed), warmup=20, rep=100,
                                              return_mode="median")
-                print(f"  {label}: graph replay {ms * 1e3:.0f} us, leaf kernel "
-                      f"{per['_chol_diag_kernel'][1]:.0f} us in all")
-            default = cholesky_rec.LEAF_WARPS
-            for warps in args.warps:
-                cholesky_rec.LEAF_WARPS = warps
-                leaf(f"LEAF_WARPS={warps}")
-            cholesky_rec.LEAF_WARPS = default
+                us = per["_chol_diag_kernel"][1] + per["_leaf_quarters_kernel"][1]
+                print(f"  {label}: graph replay {ms * 1e3:.0f} us, leaf kernel {us:.0f} us in all")
+            default = cholesky_rec.LEAF_WARPS, cholesky_rec.LEAF_QUARTERS
+            try:
+                for warps in args.warps:
+                    cholesky_rec.LEAF_WARPS = warps
+                    leaf(f"LEAF_WARPS={warps}")
+                cholesky_rec.LEAF_WARPS = default[0]
+                for quarters in args.quarters:
+                    cholesky_rec.LEAF_QUARTERS = bool(quarters)
+                    for op2, call2 in (("ridge_solve", lambda f: f(g, b, 0.01)),
+                                       ("inverse_cholesky_upper", lambda f: f(g, 0.01)),
+                                       ("cholesky", lambda f: f(g, 0.01))):
+                        ms2 = triton.testing.do_bench(
+                            lambda: call2(_IMPLS[op2]["triton_rec_graph"]), warmup=20, rep=100,
+                            return_mode="median")
+                        print(f"  LEAF_QUARTERS={bool(quarters)}: {op2} graph replay "
+                              f"{ms2 * 1e3:.0f} us")
+                    leaf(f"LEAF_QUARTERS={bool(quarters)}")
+            finally:
+                cholesky_rec.LEAF_WARPS, cholesky_rec.LEAF_QUARTERS = default
     for shape in args.graph_limit:
         batch, n = map(int, shape.split("x"))
         g = spd(batch, n, gen)

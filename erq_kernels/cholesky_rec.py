@@ -53,7 +53,8 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
-from .cholesky import PREC, _chol_diag_kernel, _fp32, _lam_vec
+from .cholesky import (PREC, _chol_diag_kernel, _factor_tile, _fp32, _lam_vec, _load_sym,
+                       _solve_right)
 
 __all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm"]
 
@@ -68,6 +69,9 @@ _SMALL = (64, 64, 32, 4, 3)
 # Warps of the 64 x 64 leaf kernel (factor and inverse in registers): its 64 serial column steps
 # are most of the GPU time at small n (benchmarks/profile_linalg_small.py).
 LEAF_WARPS = 4
+# The leaf as four 16-column tiles (_leaf_quarters_kernel) instead of two of 32: a column step
+# on a 16 x 16 register tile is cheaper than on a 32 x 32 one (benchmarks/probe_leaf_size.py).
+LEAF_QUARTERS = False
 # Tiles of the ridge solve's two products (3n columns): 128 x 128 with 8 warps was 4-11 % faster
 # than _BIG at every n >= 769 in the sweeps of two H200 runs, and BK = 64 (2 stages) another
 # 3-8 % at n >= 1025 (RESULTS.md section 4).
@@ -230,6 +234,103 @@ def _strip_kernel(X, L, LI, M, s_xb, s_xr, s_lb, s_lr, s_lib, s_lik, s_lir,
         tl.debug_barrier()  # block j, written by other threads of this program, is read next
 
 
+@triton.jit
+def _factor32(p, s_r, w, s_wr, nv, DPREC: tl.constexpr):
+    """Factor the 32 x 32 diagonal block at ``p`` (row stride ``s_r``; lower triangle read) in
+    place as two 16 x 16 register tiles, rows and columns ``>= nv`` as the identity; its
+    inverse goes to ``w`` (row stride ``s_wr``, all 32 x 32). Returns the first failing pivot
+    (32 if none)."""
+    H: tl.constexpr = 16
+    nv1 = tl.minimum(nv, H)
+    nv2 = tl.minimum(tl.maximum(nv - H, 0), H)
+    r = tl.arange(0, H)
+    rr = r[:, None]
+    cc = r[None, :]
+    p21 = p + H * s_r
+    m21 = (rr < nv2) & (cc < nv1)
+    x11, f1 = _factor_tile(_load_sym(p, s_r, 1, nv1, 0.0, H), p, s_r, 1, nv1, H)
+    tl.debug_barrier()  # L11 was stored column by column by other threads
+    l11 = tl.load(p + rr * s_r + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
+    l21 = _solve_right(tl.load(p21 + rr * s_r + cc, mask=m21, other=0.0), l11, x11, DPREC)
+    a22 = _load_sym(p21 + H, s_r, 1, nv2, 0.0, H) - tl.dot(l21, tl.trans(l21),
+                                                           input_precision=DPREC)
+    x22, f2 = _factor_tile(a22, p21 + H, s_r, 1, nv2, H)
+    x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
+    tl.store(p21 + rr * s_r + cc, l21, mask=m21)
+    tl.store(p + rr * s_r + (cc + H), tl.zeros([H, H], tl.float32), mask=(rr < nv1) & (cc < nv2))
+    tl.store(w + rr * s_wr + cc, x11)
+    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
+    tl.store(w + (rr + H) * s_wr + cc, x21)
+    tl.store(w + (rr + H) * s_wr + (cc + H), x22)
+    return tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, 2 * H))
+
+
+@triton.jit
+def _leaf_quarters_kernel(A, W, INFO, k, n, s_ab, s_ar, s_wb, s_wr, s_wk,
+                          DPREC: tl.constexpr):
+    """What ``_chol_diag_kernel`` does for the 64 x 64 leaf ``k`` of ``cholesky_rec`` (no
+    lambda, no half inverses), with each 32-column half factored by :func:`_factor32`: the
+    halves meet through memory (the factor and the inverse are stored, then read back after a
+    barrier), the 64 column steps run on 16 x 16 tiles."""
+    H: tl.constexpr = 32
+    b = tl.program_id(0)
+    A += b.to(tl.int64) * s_ab
+    k0 = k * 2 * H
+    nv = n - k0
+    nv1 = tl.minimum(nv, H)
+    nv2 = tl.minimum(tl.maximum(nv - H, 0), H)
+    r = tl.arange(0, H)
+    rr = r[:, None]
+    cc = r[None, :]
+    p11 = A + k0 * s_ar + k0
+    p21 = p11 + H * s_ar
+    w = W + b.to(tl.int64) * s_wb + k * s_wk
+    m21 = (rr < nv2) & (cc < nv1)
+    f1 = _factor32(p11, s_ar, w, s_wr, nv1, DPREC)
+    tl.debug_barrier()  # L11 and its inverse were stored by other threads
+    l11 = tl.load(p11 + rr * s_ar + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
+    x11 = tl.load(w + rr * s_wr + cc)
+    l21 = _solve_right(tl.load(p21 + rr * s_ar + cc, mask=m21, other=0.0), l11, x11, DPREC)
+    a22 = _load_sym(p21 + H, s_ar, 1, nv2, 0.0, H) - tl.dot(l21, tl.trans(l21),
+                                                            input_precision=DPREC)
+    tl.store(p21 + H + rr * s_ar + cc, a22, mask=(rr < nv2) & (cc <= rr))
+    tl.store(p21 + rr * s_ar + cc, l21, mask=m21)
+    tl.store(p11 + rr * s_ar + (cc + H), tl.zeros([H, H], tl.float32),
+             mask=(rr < nv1) & (cc < nv2))
+    tl.debug_barrier()  # the updated A22 is read by other threads
+    f2 = _factor32(p21 + H, s_ar, w + H * s_wr + H, s_wr, nv2, DPREC)
+    tl.debug_barrier()
+    x22 = tl.load(w + (rr + H) * s_wr + (cc + H))
+    x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
+    tl.store(w + (rr + H) * s_wr + cc, x21)
+    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
+    f = tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, 2 * H))
+    old = tl.load(INFO + b)
+    tl.store(INFO + b, tl.where((old == 0) & (f < 2 * H), k0 + f + 1, old))
+
+
+@triton.jit
+def _prep_kernel(S, A, LAM, n, p, s_sb, s_sr, s_sc, s_ab, s_ar,
+                 FLIP: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """``A[b] = [[S[b] + lam_b I, 0], [0, I]]`` padded to ``p x p`` (``S`` index-reversed in
+    both dimensions with ``FLIP``), for ``BR`` rows of one matrix: the copy, the reversal, the
+    padding and the shift in one pass instead of five small launches."""
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    lam = tl.load(LAM + b)
+    src_r = n - 1 - rows if FLIP else rows
+    for c0 in range(0, p, BC):
+        cols = c0 + tl.arange(0, BC)
+        src_c = n - 1 - cols if FLIP else cols
+        inside = (rows[:, None] < n) & (cols[None, :] < n)
+        v = tl.load(S + b * s_sb + src_r[:, None] * s_sr + src_c[None, :] * s_sc, mask=inside,
+                    other=0.0)
+        diag = rows[:, None] == cols[None, :]
+        v = tl.where(diag, tl.where(inside, v + lam, 1.0), v)
+        tl.store(A + b * s_ab + rows[:, None] * s_ar + cols[None, :], v,
+                 mask=(rows[:, None] < p) & (cols[None, :] < p))
+
+
 # Panels up to this many 64-column blocks are solved by one _strip_kernel launch; wider ones are
 # halved first (their products run in bmm). Fewer launches matter where a call is host-bound.
 STRIP_BLOCKS = 4
@@ -248,15 +349,13 @@ class _Work:
         # every pass over a (batch, p, p) buffer counts at small n (a tenth of a graph
         # replay's time at 36 x 769): only the padding is zeroed, not the whole buffer
         self.a = torch.empty((batch, p, p), dtype=torch.float32, device=dev)
-        s = src.reshape(batch, n, n)
-        self.a[:, :n, :n].copy_(s.flip(-1, -2) if flip else s)
-        if p > n:
-            self.a[:, n:].zero_()
-            self.a[:, :n, n:].zero_()
-        diag = self.a.diagonal(dim1=-2, dim2=-1)
-        if lam is not None:
-            diag[:, :n] += _lam_vec(lam, bshape, batch, dev)[:, None]
-        diag[:, n:] = 1.0
+        self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
+        if batch > 0 and n > 0:
+            s = src.reshape(batch, n, n)
+            lam_v = self.zero_lam if lam is None else _lam_vec(lam, bshape, batch, dev)
+            _prep_kernel[(p // 32, batch)](s, self.a, lam_v, n, p, *s.stride(), self.a.stride(0),
+                                           self.a.stride(1), FLIP=flip, BR=32, BC=64,
+                                           num_warps=4)
         # L^-1 as a whole (zero above the diagonal) where the op or the refined panels need
         # it; otherwise only the leaves' inverses, which the leaf kernel writes in full
         if need_inv or refine:
@@ -266,7 +365,6 @@ class _Work:
             self.leaf_invs = torch.empty((batch, p // _LEAF, _LEAF, _LEAF),
                                          dtype=torch.float32, device=dev)
         self.info = torch.zeros(batch, dtype=torch.int32, device=dev)
-        self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
         half = (p // _LEAF + 1) // 2 * _LEAF
         # two buffers as large as the root's panel (every deeper one is smaller): the
         # inverse uses the first, the refined panels both
@@ -286,6 +384,12 @@ class _Work:
         # the identity padding needs none. At n = 64k + 1 (every D + 1 of issue 4) the last
         # leaf is one column and 63 of padding: one step instead of 64 (a quarter of the
         # leaves' time at n = 193).
+        if LEAF_QUARTERS:
+            _leaf_quarters_kernel[(self.batch,)](a, w, self.info, off // _LEAF, self.n,
+                                                 a.stride(0), a.stride(1), w.stride(0),
+                                                 w.stride(1), self.leaf_stride(), DPREC="ieee",
+                                                 num_warps=LEAF_WARPS)
+            return
         _chol_diag_kernel[(self.batch,)](a, w, a, self.info, self.zero_lam, off // _LEAF,
                                          self.n, a.stride(0), a.stride(1), w.stride(0),
                                          w.stride(1), self.leaf_stride(), 0, NB=_LEAF,

@@ -94,7 +94,7 @@ def _settings() -> tuple:
     keeps the kernels it captured)."""
     return (_C.CHOL_NB, _C.DIAG_WARPS, _C.TRSM_BN, _C.PREC, _RC.BIG, _RC.SMALL, _RC.SOLVE_BIG,
             _RC.SOLVE_PREC, _RC.CLEAN_TRI, _RC.PREC, tuple(sorted(_RC.REFINE.items())),
-            _RC.LEAF_WARPS, _RC.STRIP_BLOCKS)
+            _RC.LEAF_WARPS, _RC.LEAF_QUARTERS, _RC.STRIP_BLOCKS)
 
 
 def eligible(tensors: list[torch.Tensor]) -> bool:

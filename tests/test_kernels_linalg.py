@@ -253,6 +253,28 @@ def test_recursive_panel_methods(monkeypatch, op, refine):
     assert got <= 2 * want + 1e-7, (got, want)
 
 
+@pytest.mark.parametrize("n", [65, 150, 193])
+def test_recursive_leaf_in_quarters(monkeypatch, n):
+    """cholesky_rec.LEAF_QUARTERS (the leaf as four 16-column tiles): the leaf kernel's factor
+    and inverse at torch's accuracy at cond 1e6, with the identity padding of n = 64k + 1 and
+    of n = 150, and the first failing pivot where cuSOLVER reports it."""
+    monkeypatch.setattr(R, "LEAF_QUARTERS", True)
+    g = spd(2, n, cond=1e6)
+    L, info = R.cholesky(g.float())
+    assert int(info.abs().sum()) == 0 and float(L.triu(1).abs().max()) == 0.0
+    want = residual(torch.linalg.cholesky(g.float()), g)
+    assert residual(L, g) <= 2 * want + 1e-7, (residual(L, g), want)
+    u_ref, _ = reference.inverse_cholesky_upper(g, None)
+    got = rel(R.inverse_cholesky_upper(g.float(), 0.0)[0], u_ref)
+    want = rel(reference.inverse_cholesky_upper(g.float(), 0.0)[0], u_ref)
+    assert got <= 2 * want + 1e-7, (got, want)
+    bad = spd(3, n)
+    bad[1, n - 20, n - 20] = -1.0  # in the last leaf's second half for n = 150 and 193
+    bad[2, 3, 3] = 0.0
+    _, info = R.cholesky(bad.float())
+    assert info.tolist() == torch.linalg.cholesky_ex(bad.float())[1].tolist()
+
+
 def _triangle_used(a, b, tri):
     """``(a, b)`` with the half of the triangular operand named by ``tri`` zeroed."""
     fix = {R.K_A_LOWER: (torch.tril, None), R.K_A_UPPER: (torch.triu, None),
