@@ -53,7 +53,7 @@ def rec_kernels():
 # setting, the one the library runs; the others are kept in its "sweep".
 REC_CONFIGS = [{}, {"BIG": (128, 128, 32, 8, 3)}, {"CLEAN_TRI": False},
                {"SOLVE_BIG": (128, 128, 32, 8, 3)}, {"SOLVE_BIG": (128, 128, 64, 8, 3)},
-               {"SOLVE_PREC": "ieee"}, {"STRIP_BLOCKS": 1},
+               {"SOLVE_PREC": "ieee"}, {"STRIP_BLOCKS": 1}, {"LEAF_QUARTERS": False},
                # every op with the other panel method (cholesky_rec.REFINE)
                {"REFINE": {"cholesky": True, "ridge_solve": False, "inverse_cholesky_upper": True}}]
 TRITON_BACKENDS = ("triton", "triton_rec", "triton_graph", "triton_rec_graph")
@@ -247,7 +247,7 @@ def bench_shape(batch, n, meta, records, args):
         RK = rec_kernels()
         defaults = {"BIG": RK.BIG, "SOLVE_BIG": RK.SOLVE_BIG, "SOLVE_PREC": RK.SOLVE_PREC,
                     "CLEAN_TRI": RK.CLEAN_TRI, "REFINE": dict(RK.REFINE),
-                    "STRIP_BLOCKS": RK.STRIP_BLOCKS}
+                    "STRIP_BLOCKS": RK.STRIP_BLOCKS, "LEAF_QUARTERS": RK.LEAF_QUARTERS}
         sweep = []
         for cfg in REC_CONFIGS:
             if any(key.startswith("SOLVE") for key in cfg) and op != "ridge_solve":

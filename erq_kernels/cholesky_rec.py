@@ -70,8 +70,10 @@ _SMALL = (64, 64, 32, 4, 3)
 # are most of the GPU time at small n (benchmarks/profile_linalg_small.py).
 LEAF_WARPS = 4
 # The leaf as four 16-column tiles (_leaf_quarters_kernel) instead of two of 32: a column step
-# on a 16 x 16 register tile is cheaper than on a 32 x 32 one (benchmarks/probe_leaf_size.py).
-LEAF_QUARTERS = False
+# on a 16 x 16 register tile is cheaper than on a 32 x 32 one. H200, 36 leaves at 4 warps: 35.0
+# against 39.7 us per launch (benchmarks/probe_leaf_size.py); graph replays 4-7 % faster at
+# n = 193..769 (benchmarks/profile_linalg_small.py --quarters 0 1; RESULTS.md section 4).
+LEAF_QUARTERS = True
 # Tiles of the ridge solve's two products (3n columns): 128 x 128 with 8 warps was 4-11 % faster
 # than _BIG at every n >= 769 in the sweeps of two H200 runs, and BK = 64 (2 stages) another
 # 3-8 % at n >= 1025 (RESULTS.md section 4).
