@@ -106,12 +106,12 @@ K_FULL, K_A_LOWER, K_A_UPPER, K_B_LOWER, K_B_UPPER = 0, 1, 2, 3, 4
 
 
 @triton.jit
-def _bmm_kernel(A, B, C, M, N, K, alpha,
-                s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
+def _bmm_kernel(A, B, C, D, M, N, K, alpha,
+                s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_db, s_dm, s_dn,
                 TRI: tl.constexpr, MASK_TRI: tl.constexpr, LOWER_C: tl.constexpr,
                 ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 PREC_: tl.constexpr):
-    """``C = alpha A B (+ C if ACC)`` for one ``BM x BN`` tile of one matrix of the batch.
+    """``C = alpha A B (+ D if ACC)`` for one ``BM x BN`` tile of one matrix of the batch.
 
     TRI makes one operand triangular: A lower (``k <= i``), A upper (``k >= i``), B lower
     (``k >= j``), B upper (``k <= j``); the K loop skips the steps outside the triangle and the
@@ -129,6 +129,7 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
         A += b * s_ab
         B += b * s_bb
         C += b * s_cb
+        D += b * s_db
         rm = pm * BM + tl.arange(0, BM)
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
@@ -169,15 +170,15 @@ def _bmm_kernel(A, B, C, M, N, K, alpha,
         pc = rm[:, None] * s_cm + rn[None, :] * s_cn
         cmask = mmask[:, None] & nmask[None, :]
         if ACC:
-            out += tl.load(C + pc, mask=cmask, other=0.0)
+            out += tl.load(D + rm[:, None] * s_dm + rn[None, :] * s_dn, mask=cmask, other=0.0)
         tl.store(C + pc, out, mask=cmask)
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1.0,
         accumulate: bool = False, tri: int = K_FULL, lower_out: bool = False,
         precision: str | None = None, tile: tuple | None = None,
-        zero_half: bool = False) -> torch.Tensor:
-    """Batched ``out = alpha * a @ b (+ out)`` in fp32 with ``tf32x3`` (or ``precision``:
+        zero_half: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched ``out = alpha * a @ b (+ out, or + add)`` in fp32 with ``tf32x3`` (or ``precision``:
     "ieee") products.
 
     Args:
@@ -192,6 +193,8 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
         tile: ``(BM, BN, BK, warps, stages)`` when both sides exceed 64 (default ``BIG``).
         zero_half: the other half of the triangular operand holds zeros, so its K range is
             skipped but the diagonal tiles are read unmasked (cheaper in ``tf32x3``).
+        add: ``(B, M, N)`` added to the product instead of ``out`` (saves a copy where the
+            sum goes elsewhere; must not overlap ``out``). Not with ``accumulate``.
     Returns:
         ``out``.
     """
@@ -200,10 +203,14 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
     if batch == 0 or m == 0 or n == 0:
         return out
     bm, bn, bk, warps, stages = (SMALL or _SMALL) if min(m, n) <= 64 else (tile or BIG or _BIG)
+    if add is not None and accumulate:
+        raise ValueError("bmm: add and accumulate exclude each other")
+    d = out if add is None else add
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
-    _bmm_kernel[grid](a, b, out, m, n, k, float(alpha), *a.stride(), *b.stride(), *out.stride(),
+    _bmm_kernel[grid](a, b, out, d, m, n, k, float(alpha), *a.stride(), *b.stride(),
+                      *out.stride(), *d.stride(),
                       TRI=tri, MASK_TRI=not (zero_half and CLEAN_TRI), LOWER_C=lower_out,
-                      ACC=accumulate, BM=bm, BN=bn, BK=bk,
+                      ACC=accumulate or add is not None, BM=bm, BN=bn, BK=bk,
                       PREC_=precision or PREC, num_warps=warps, num_stages=stages)
     return out
 
@@ -440,16 +447,14 @@ class _Work:
 
     def refined_panel(self, a21: torch.Tensor, off: int, m1: int) -> None:
         """``A21 <- A21 L11^-T`` from the explicit ``L11^-1`` in ``linv``, with one step of
-        refinement: ``P = A21 L11^-T``, then ``P + (A21 - P L11^T) L11^-T``."""
+        refinement: ``P = A21 L11^-T``, then ``P + (A21 - P L11^T) L11^-T`` (no copies: the
+        sums go to other buffers through ``bmm``'s ``add``)."""
         a, x11 = self.a, self.linv[:, off:off + m1, off:off + m1]
-        t = self.tmp(0, *a21.shape[1:])
-        t.copy_(a21)
-        r = self.tmp(1, *a21.shape[1:])
-        bmm(t, x11.mT, r, tri=K_B_UPPER, zero_half=True)
-        bmm(r, a[:, off:off + m1, off:off + m1].mT, t, alpha=-1.0, accumulate=True,
-            tri=K_B_UPPER)
-        a21.copy_(r)
-        bmm(t, x11.mT, a21, accumulate=True, tri=K_B_UPPER, zero_half=True)
+        p = self.tmp(0, *a21.shape[1:])
+        t = self.tmp(1, *a21.shape[1:])
+        bmm(a21, x11.mT, p, tri=K_B_UPPER, zero_half=True)
+        bmm(p, a[:, off:off + m1, off:off + m1].mT, t, alpha=-1.0, add=a21, tri=K_B_UPPER)
+        bmm(t, x11.mT, a21, add=p, tri=K_B_UPPER, zero_half=True)
 
     def solve_panel(self, x: torch.Tensor, off: int, c: int) -> None:
         """``X <- X L^-T`` in place for the factored diagonal block ``L`` at ``[off, off + c)``
