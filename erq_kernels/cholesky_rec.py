@@ -9,8 +9,9 @@ The backend ``triton_rec`` of ``cholesky``, ``ridge_solve`` and ``inverse_choles
     L11 = chol(A11),  L21 = A21 L11^-T,  A22 -= L21 L21^T,  L22 = chol(A22),
     L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]],
 
-down to 64 x 64 leaves that the register kernel of ``cholesky.py`` factors and inverts in one
-launch (``L^-1`` is assembled only where the op needs it). The panels are solved by halving
+down to 64 x 64 leaves that one launch factors and inverts in registers, one program per
+matrix (:func:`_leaf_quarters_kernel`, or the two-tile kernel of ``cholesky.py``; ``L^-1`` is
+assembled only where the op needs it). The panels are solved by halving
 ``L11`` down to strips of at most :data:`STRIP_BLOCKS` leaves, one :func:`_strip_kernel` launch
 each; everything else is a product of large blocks in :func:`_bmm_kernel` (``tf32x3``, every
 B operand K-major: see ``_LAYOUT``), which skips the zero half of a triangular operand. The
@@ -35,13 +36,13 @@ costs: solve errors 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_lin
 cond up to 1e6) and at most 1.5x the lowest of the torch compositions' on the H200 benchmark
 shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 08:54 UTC, against the
-fastest torch path of the same run): the factorization runs at 7-40 TFLOP/s from n >= 1025
-(2.0-3.6x torch, counting its graph replays), the ridge solve's products at about 55 TFLOP/s
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 10:33 UTC, against the
+fastest torch path of the same run): the factorization runs at 12-44 TFLOP/s from n >= 1025
+(2.3-3.7x torch, counting its graph replays), the ridge solve's products at about 58 TFLOP/s
 (Triton's ``tf32x3`` ceiling on this card was 78, cuBLAS SGEMM 51), the inverse factor at
-1.6-4.3x torch. At small n its launches dominate: they make its eager times swing with the
+2.1-4.6x torch. At small n its launches dominate: they make its eager times swing with the
 host's speed (up to 2x between runs), and :mod:`erq_kernels.linalg_graph` replays them from a
-CUDA graph, where the serial 64-column steps of the leaf kernel are half the GPU time
+CUDA graph, where the serial column steps of the leaf kernel are half the GPU time or more
 (``benchmarks/profile_linalg_small.py``). The dispatch table picks per shape.
 """
 from __future__ import annotations
