@@ -135,6 +135,42 @@ def _solve_right(a, lo, xinv, PREC_: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
+def _factor_block(p, s_r, w, s_wr, nv, lam, H: tl.constexpr, DPREC: tl.constexpr):
+    """Factor the ``2H x 2H`` diagonal block at ``p`` (row stride ``s_r``; its lower triangle
+    is read, ``lam`` added to the diagonal, rows and columns ``>= nv`` taken as the identity)
+    in place as two ``H x H`` register tiles, its upper part zeroed, and store its inverse at
+    ``w`` (row stride ``s_wr``, all ``2H x 2H``). Returns ``(X11, X22, first)``: the inverses
+    of the two halves and the first failing pivot (``2H`` if none)."""
+    nv1 = tl.minimum(nv, H)
+    nv2 = tl.minimum(tl.maximum(nv - H, 0), H)
+    r = tl.arange(0, H)
+    rr = r[:, None]
+    cc = r[None, :]
+    p21 = p + H * s_r
+    p22 = p21 + H
+    m21 = (rr < nv2) & (cc < nv1)
+    a11 = _load_sym(p, s_r, 1, nv1, lam, H)
+    x11, f1 = _factor_tile(a11, p, s_r, 1, nv1, H)
+    tl.debug_barrier()  # L11 was stored column by column by other threads
+    l11 = tl.load(p + rr * s_r + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
+    a21 = tl.load(p21 + rr * s_r + cc, mask=m21, other=0.0)
+    l21 = _solve_right(a21, l11, x11, DPREC)
+    a22 = _load_sym(p22, s_r, 1, nv2, lam, H)
+    a22 = a22 - tl.dot(l21, tl.trans(l21), input_precision=DPREC)
+    x22, f2 = _factor_tile(a22, p22, s_r, 1, nv2, H)
+    x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
+
+    tl.store(p21 + rr * s_r + cc, l21, mask=m21)
+    tl.store(p + rr * s_r + (cc + H), tl.zeros([H, H], tl.float32),
+             mask=(rr < nv1) & (cc < nv2))
+    tl.store(w + rr * s_wr + cc, x11)
+    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
+    tl.store(w + (rr + H) * s_wr + cc, x21)
+    tl.store(w + (rr + H) * s_wr + (cc + H), x22)
+    return x11, x22, tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, 2 * H))
+
+
+@triton.jit
 def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wr, s_wk, s_wsb,
                       NB: tl.constexpr, DPREC: tl.constexpr, STORE_WS: tl.constexpr):
     """Factor diagonal block ``k`` of every matrix (one program each), store ``L_kk`` (upper
@@ -144,44 +180,15 @@ def _chol_diag_kernel(A, W, WS, INFO, LAM, k, n, s_ab, s_ar, s_wb, s_wr, s_wk, s
     H: tl.constexpr = NB // 2
     b = tl.program_id(0)
     A += b.to(tl.int64) * s_ab
-    lam = tl.load(LAM + b)
     k0 = k * NB
-    nv = n - k0
-    nv1 = tl.minimum(nv, H)
-    nv2 = tl.minimum(tl.maximum(nv - H, 0), H)
-    r = tl.arange(0, H)
-    rr = r[:, None]
-    cc = r[None, :]
-    p11 = A + k0 * s_ar + k0
-    p21 = p11 + H * s_ar
-    p22 = p21 + H
-
-    m21 = (rr < nv2) & (cc < nv1)
-    a11 = _load_sym(p11, s_ar, 1, nv1, lam, H)
-    x11, f1 = _factor_tile(a11, p11, s_ar, 1, nv1, H)
-    tl.debug_barrier()  # L11 was stored column by column by other threads
-    l11 = tl.load(p11 + rr * s_ar + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
-    a21 = tl.load(p21 + rr * s_ar + cc, mask=m21, other=0.0)
-    l21 = _solve_right(a21, l11, x11, DPREC)
-    a22 = _load_sym(p22, s_ar, 1, nv2, lam, H)
-    a22 = a22 - tl.dot(l21, tl.trans(l21), input_precision=DPREC)
-    x22, f2 = _factor_tile(a22, p22, s_ar, 1, nv2, H)
-    x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
-
-    tl.store(p21 + rr * s_ar + cc, l21, mask=m21)
-    tl.store(p11 + rr * s_ar + (cc + H), tl.zeros([H, H], tl.float32),
-             mask=(rr < nv1) & (cc < nv2))
     w = W + b.to(tl.int64) * s_wb + k * s_wk
-    tl.store(w + rr * s_wr + cc, x11)
-    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
-    tl.store(w + (rr + H) * s_wr + cc, x21)
-    tl.store(w + (rr + H) * s_wr + (cc + H), x22)
+    x11, x22, f = _factor_block(A + k0 * s_ar + k0, s_ar, w, s_wr, n - k0, tl.load(LAM + b),
+                                H, DPREC)
     if STORE_WS:
+        r = tl.arange(0, H)
         ws = WS + b.to(tl.int64) * s_wsb + (2 * k) * H * H
-        tl.store(ws + rr * H + cc, x11)
-        tl.store(ws + H * H + rr * H + cc, x22)
-
-    f = tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, NB))
+        tl.store(ws + r[:, None] * H + r[None, :], x11)
+        tl.store(ws + H * H + r[:, None] * H + r[None, :], x22)
     old = tl.load(INFO + b)
     tl.store(INFO + b, tl.where((old == 0) & (f < NB), k0 + f + 1, old))
 
@@ -467,7 +474,7 @@ def _factor_copy(src: torch.Tensor, lam):
     n = src.shape[-1]
     bshape = src.shape[:-2]
     a = torch.empty((math.prod(bshape), n, n), dtype=torch.float32, device=src.device)
-    a.copy_(src.reshape(-1, n, n))
+    a.copy_(src.reshape(a.shape[0], n, n))
     batch = a.shape[0]
     info = torch.zeros(batch, dtype=torch.int32, device=src.device)
     w = None
@@ -496,8 +503,8 @@ def solve_triangular(t, b, *, upper=False, left=True, unitriangular=False):
                                           unitriangular=unitriangular)
     n = t.shape[-1]
     bshape = torch.broadcast_shapes(t.shape[:-2], b.shape[:-2])
-    tb = t.expand(*bshape, n, n).reshape(-1, n, n)
-    bb = b.expand(*bshape, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    tb = t.expand(*bshape, n, n).reshape(math.prod(bshape), n, n)
+    bb = b.expand(*bshape, *b.shape[-2:]).reshape(math.prod(bshape), *b.shape[-2:])
     batch = tb.shape[0]
     x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
     if batch == 0 or x.numel() == 0:
@@ -522,7 +529,7 @@ def triangular_inverse(t, *, upper=False):
     if not _fp32(t):
         return reference.triangular_inverse(t, upper=upper)
     n = t.shape[-1]
-    tb = t.reshape(-1, n, n)
+    tb = t.reshape(math.prod(t.shape[:-2]), n, n)
     x = torch.empty(tb.shape, dtype=torch.float32, device=t.device)
     if x.numel() == 0:
         return x.reshape(t.shape)
@@ -540,7 +547,7 @@ def ridge_solve(g, b, lam=None):
         return reference.ridge_solve(g, b, lam)
     n = g.shape[-1]
     lmat, info, w = _factor_copy(g, lam)
-    bb = b.reshape(-1, n, b.shape[-1])
+    bb = b.reshape(math.prod(b.shape[:-2]), n, b.shape[-1])  # -1 is ambiguous for n = 0
     x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
     if w is not None and x.numel() > 0:
         _strip(lmat, _bstrides(lmat), w, bb, _bstrides(bb), x, _bstrides(x), n, bb.shape[-1],
@@ -571,7 +578,7 @@ def _each_matrix(g, lam, out_like, solve_one):
     """``solve_one(i, h_i) -> (out_i, info_i)`` on every matrix ``h_i`` of ``g + lam I``, one
     call at a time; the outputs take ``out_like``'s shape and dtype, ``info`` ``g``'s batch."""
     n = g.shape[-1]
-    h = reference.add_diagonal(g, lam).reshape(-1, n, n)
+    h = reference.add_diagonal(g, lam).reshape(math.prod(g.shape[:-2]), n, n)
     out = torch.empty((h.shape[0], *out_like.shape[-2:]), dtype=out_like.dtype, device=g.device)
     info = torch.empty(h.shape[0], dtype=torch.int32, device=g.device)
     for i in range(h.shape[0]):
@@ -584,7 +591,7 @@ def _loop_cholesky(a, lam=None):
 
 
 def _loop_ridge_solve(g, b, lam=None):
-    bb = b.reshape(-1, *b.shape[-2:])
+    bb = b.reshape(math.prod(b.shape[:-2]), *b.shape[-2:])
 
     def solve_one(i, h):
         li, info = torch.linalg.cholesky_ex(h)

@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
-from .cholesky import (PREC, _chol_diag_kernel, _factor_tile, _fp32, _lam_vec, _load_sym,
+from .cholesky import (PREC, _chol_diag_kernel, _factor_block, _fp32, _lam_vec, _load_sym,
                        _solve_right)
 
 __all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm"]
@@ -245,43 +245,12 @@ def _strip_kernel(X, L, LI, M, s_xb, s_xr, s_lb, s_lr, s_lib, s_lik, s_lir,
 
 
 @triton.jit
-def _factor32(p, s_r, w, s_wr, nv, DPREC: tl.constexpr):
-    """Factor the 32 x 32 diagonal block at ``p`` (row stride ``s_r``; lower triangle read) in
-    place as two 16 x 16 register tiles, rows and columns ``>= nv`` as the identity; its
-    inverse goes to ``w`` (row stride ``s_wr``, all 32 x 32). Returns the first failing pivot
-    (32 if none)."""
-    H: tl.constexpr = 16
-    nv1 = tl.minimum(nv, H)
-    nv2 = tl.minimum(tl.maximum(nv - H, 0), H)
-    r = tl.arange(0, H)
-    rr = r[:, None]
-    cc = r[None, :]
-    p21 = p + H * s_r
-    m21 = (rr < nv2) & (cc < nv1)
-    x11, f1 = _factor_tile(_load_sym(p, s_r, 1, nv1, 0.0, H), p, s_r, 1, nv1, H)
-    tl.debug_barrier()  # L11 was stored column by column by other threads
-    l11 = tl.load(p + rr * s_r + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
-    l21 = _solve_right(tl.load(p21 + rr * s_r + cc, mask=m21, other=0.0), l11, x11, DPREC)
-    a22 = _load_sym(p21 + H, s_r, 1, nv2, 0.0, H) - tl.dot(l21, tl.trans(l21),
-                                                           input_precision=DPREC)
-    x22, f2 = _factor_tile(a22, p21 + H, s_r, 1, nv2, H)
-    x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
-    tl.store(p21 + rr * s_r + cc, l21, mask=m21)
-    tl.store(p + rr * s_r + (cc + H), tl.zeros([H, H], tl.float32), mask=(rr < nv1) & (cc < nv2))
-    tl.store(w + rr * s_wr + cc, x11)
-    tl.store(w + rr * s_wr + (cc + H), tl.zeros([H, H], tl.float32))
-    tl.store(w + (rr + H) * s_wr + cc, x21)
-    tl.store(w + (rr + H) * s_wr + (cc + H), x22)
-    return tl.where(f1 < H, f1, tl.where(f2 < H, H + f2, 2 * H))
-
-
-@triton.jit
 def _leaf_quarters_kernel(A, W, INFO, k, n, s_ab, s_ar, s_wb, s_wr, s_wk,
                           DPREC: tl.constexpr):
     """What ``_chol_diag_kernel`` does for the 64 x 64 leaf ``k`` of ``cholesky_rec`` (no
-    lambda, no half inverses), with each 32-column half factored by :func:`_factor32`: the
-    halves meet through memory (the factor and the inverse are stored, then read back after a
-    barrier), the 64 column steps run on 16 x 16 tiles."""
+    lambda, no half inverses), with each 32-column half factored by ``_factor_block`` as two
+    16 x 16 tiles: the halves meet through memory (the factor and the inverse are stored, then
+    read back after a barrier), the 64 column steps run on 16 x 16 tiles."""
     H: tl.constexpr = 32
     b = tl.program_id(0)
     A += b.to(tl.int64) * s_ab
@@ -296,19 +265,20 @@ def _leaf_quarters_kernel(A, W, INFO, k, n, s_ab, s_ar, s_wb, s_wr, s_wk,
     p21 = p11 + H * s_ar
     w = W + b.to(tl.int64) * s_wb + k * s_wk
     m21 = (rr < nv2) & (cc < nv1)
-    f1 = _factor32(p11, s_ar, w, s_wr, nv1, DPREC)
+    _, _, f1 = _factor_block(p11, s_ar, w, s_wr, nv1, 0.0, 16, DPREC)
     tl.debug_barrier()  # L11 and its inverse were stored by other threads
     l11 = tl.load(p11 + rr * s_ar + cc, mask=(rr < nv1) & (cc < nv1), other=0.0)
     x11 = tl.load(w + rr * s_wr + cc)
     l21 = _solve_right(tl.load(p21 + rr * s_ar + cc, mask=m21, other=0.0), l11, x11, DPREC)
     a22 = _load_sym(p21 + H, s_ar, 1, nv2, 0.0, H) - tl.dot(l21, tl.trans(l21),
                                                             input_precision=DPREC)
+    tl.debug_barrier()  # every thread has read A22 before it is overwritten
     tl.store(p21 + H + rr * s_ar + cc, a22, mask=(rr < nv2) & (cc <= rr))
     tl.store(p21 + rr * s_ar + cc, l21, mask=m21)
     tl.store(p11 + rr * s_ar + (cc + H), tl.zeros([H, H], tl.float32),
              mask=(rr < nv1) & (cc < nv2))
     tl.debug_barrier()  # the updated A22 is read by other threads
-    f2 = _factor32(p21 + H, s_ar, w + H * s_wr + H, s_wr, nv2, DPREC)
+    _, _, f2 = _factor_block(p21 + H, s_ar, w + H * s_wr + H, s_wr, nv2, 0.0, 16, DPREC)
     tl.debug_barrier()
     x22 = tl.load(w + (rr + H) * s_wr + (cc + H))
     x21 = -tl.dot(x22, tl.dot(l21, x11, input_precision=DPREC), input_precision=DPREC)
@@ -325,13 +295,15 @@ def _prep_kernel(S, A, LAM, n, p, s_sb, s_sr, s_sc, s_ab, s_ar,
     """``A[b] = [[S[b] + lam_b I, 0], [0, I]]`` padded to ``p x p`` (``S`` index-reversed in
     both dimensions with ``FLIP``), for ``BR`` rows of one matrix: the copy, the reversal, the
     padding and the shift in one pass instead of five small launches."""
-    b = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    # the batch on grid axis 0 (axis 1 stops at 65535); the source's offsets in int64 (its
+    # strides are arbitrary, e.g. a permuted tensor whose row stride spans the batch)
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
     lam = tl.load(LAM + b)
-    src_r = n - 1 - rows if FLIP else rows
+    src_r = (n - 1 - rows if FLIP else rows).to(tl.int64)
     for c0 in range(0, p, BC):
         cols = c0 + tl.arange(0, BC)
-        src_c = n - 1 - cols if FLIP else cols
+        src_c = (n - 1 - cols if FLIP else cols).to(tl.int64)
         inside = (rows[:, None] < n) & (cols[None, :] < n)
         v = tl.load(S + b * s_sb + src_r[:, None] * s_sr + src_c[None, :] * s_sc, mask=inside,
                     other=0.0)
@@ -363,7 +335,7 @@ class _Work:
         if batch > 0 and n > 0:
             s = src.reshape(batch, n, n)
             lam_v = self.zero_lam if lam is None else _lam_vec(lam, bshape, batch, dev)
-            _prep_kernel[(p // 32, batch)](s, self.a, lam_v, n, p, *s.stride(), self.a.stride(0),
+            _prep_kernel[(batch, p // 32)](s, self.a, lam_v, n, p, *s.stride(), self.a.stride(0),
                                            self.a.stride(1), FLIP=flip, BR=32, BC=64,
                                            num_warps=4)
         # L^-1 as a whole (zero above the diagonal) where the op or the refined panels need
@@ -509,7 +481,7 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
         return reference.ridge_solve(g, b, lam)
     w = _run(g, lam, refine=REFINE["ridge_solve"])
     n = w.n
-    bb = b.reshape(-1, n, b.shape[-1])
+    bb = b.reshape(w.batch, n, b.shape[-1])  # not -1: ambiguous for n = 0
     x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
     if x.numel() > 0 and w.batch > 0:
         linv = w.linv[:, :n, :n]

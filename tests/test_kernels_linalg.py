@@ -253,6 +253,17 @@ def test_recursive_panel_methods(monkeypatch, op, refine):
     assert got <= 2 * want + 1e-7, (got, want)
 
 
+@BOTH
+def test_empty_systems(K):
+    """n = 0 (with a batch) and batch 0: empty results of the right shapes, info all zero."""
+    for gs, bs in (((2, 0, 0), (2, 0, 5)), ((0, 4, 4), (0, 4, 3))):
+        x, info = K.ridge_solve(torch.zeros(gs), torch.zeros(bs), 0.1)
+        assert x.shape == bs and info.shape == gs[:1] and int(info.abs().sum()) == 0
+        for fn in (K.cholesky, K.inverse_cholesky_upper):
+            y, info = fn(torch.zeros(gs), 0.1)
+            assert y.shape == gs and info.shape == gs[:1] and int(info.abs().sum()) == 0
+
+
 @pytest.mark.parametrize("n", [65, 150, 193])
 def test_recursive_leaf_in_quarters(monkeypatch, n):
     """cholesky_rec.LEAF_QUARTERS (the leaf as four 16-column tiles): the leaf kernel's factor
