@@ -264,12 +264,14 @@ def test_empty_systems(K):
             assert y.shape == gs and info.shape == gs[:1] and int(info.abs().sum()) == 0
 
 
+@pytest.mark.parametrize("quarters", [True, False])
 @pytest.mark.parametrize("n", [65, 150, 193])
-def test_recursive_leaf_in_quarters(monkeypatch, n):
-    """cholesky_rec.LEAF_QUARTERS (the leaf as four 16-column tiles): the leaf kernel's factor
-    and inverse at torch's accuracy at cond 1e6, with the identity padding of n = 64k + 1 and
-    of n = 150, and the first failing pivot where cuSOLVER reports it."""
-    monkeypatch.setattr(R, "LEAF_QUARTERS", True)
+def test_recursive_leaf_forms(monkeypatch, n, quarters):
+    """Both leaf kernels of cholesky_rec (LEAF_QUARTERS: four 16-column tiles, the default;
+    or the two-tile kernel of cholesky.py): factor and inverse at torch's accuracy at cond 1e6,
+    with the identity padding of n = 64k + 1 and of n = 150, and the first failing pivot where
+    cuSOLVER reports it."""
+    monkeypatch.setattr(R, "LEAF_QUARTERS", quarters)
     g = spd(2, n, cond=1e6)
     L, info = R.cholesky(g.float())
     assert int(info.abs().sum()) == 0 and float(L.triu(1).abs().max()) == 0.0
