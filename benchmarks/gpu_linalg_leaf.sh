@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, one call: issue 4's benchmark (benchmarks/gpu_linalg.sh; BENCH=0 skips it),
-# then the leaf probes (benchmarks/probe_leaf_size.py, PROBE=0 skips it; benchmarks/profile_linalg_small.py with
-# both leaf forms of cholesky_rec.LEAF_QUARTERS) and the GPU tests of the linear algebra and of
-# the graph helper; logs under $OUT.
+# On the GPU machine, one call: issue 4's benchmark (benchmarks/gpu_linalg.sh; BENCH=0 skips
+# it), the leaf probe (benchmarks/probe_leaf_size.py; PROBE=0 skips it), the small shapes'
+# profile (benchmarks/profile_linalg_small.py; SHAPES, and QUARTERS="0 1" for both leaf forms of
+# cholesky_rec.LEAF_QUARTERS) and the GPU tests of the linear algebra and of the graph helper;
+# logs under $OUT.
 set -u
 source "$(dirname "$0")/gpu_env.sh"
 if [ "${BENCH:-1}" != 0 ]; then DEADLINE=${DEADLINE:-300} bash benchmarks/gpu_linalg.sh; fi

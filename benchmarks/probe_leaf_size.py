@@ -56,8 +56,8 @@ def leaf_time_us(a0, nb, warps, quarters=False, reps=20):
         torch.cuda.synchronize()
     total, count = 0.0, 0
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and "_kernel" in e.name and (
-                "_chol_diag" in e.name or "_leaf_quarters" in e.name):
+        if e.device_type == torch.autograd.DeviceType.CUDA and (
+                "_chol_diag_kernel" in e.name or "_leaf_quarters_kernel" in e.name):
             total += getattr(e, "device_time_total", None) or e.cuda_time_total
             count += 1
     return total / max(count, 1), err, inv_err

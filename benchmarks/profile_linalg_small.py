@@ -85,9 +85,9 @@ def main():
                 cholesky_rec.LEAF_WARPS = default[0]
                 for quarters in args.quarters:
                     cholesky_rec.LEAF_QUARTERS = bool(quarters)
+                    # the factorization's replay is timed by leaf() below
                     for op2, call2 in (("ridge_solve", lambda f: f(g, b, 0.01)),
-                                       ("inverse_cholesky_upper", lambda f: f(g, 0.01)),
-                                       ("cholesky", lambda f: f(g, 0.01))):
+                                       ("inverse_cholesky_upper", lambda f: f(g, 0.01))):
                         ms2 = triton.testing.do_bench(
                             lambda: call2(_IMPLS[op2]["triton_rec_graph"]), warmup=20, rep=100,
                             return_mode="median")
