@@ -87,7 +87,9 @@ SOLVE_PREC = "tf32x3"
 # 60-80, above cuBLAS SGEMM's 40-51 and with a smaller error (2e-7 against 9e-7 normwise), and
 # an M-major A costs nothing (benchmarks/probe_gemm_prec.py, results/probe_gemm_prec.txt).
 # That probe's operands had row strides that are multiples of 16; with odd ones (n = 5121,
-# 3n = 15363) the ridge solve's products stayed at 26 TFLOP/s, so its buffers are padded.
+# 3n = 15363) the ridge solve's products then stayed at 26 TFLOP/s, so its intermediate is
+# padded. Its input B no longer is: read in place as the M-major A operand it runs at the
+# same rate as an aligned copy (56.7 TFLOP/s at 32 x 5121; probe_solve_tiles.py).
 # Before this, the ridge solve used IEEE products, which beat tf32x3 on an N-major B.
 
 # Products whose triangular operand is a block of L^-1 (zero above the diagonal: ``linv`` starts
@@ -474,6 +476,41 @@ def cholesky(a: torch.Tensor, lam=None):
     return w.lower().reshape(a.shape), w.info.reshape(a.shape[:-2])
 
 
+def solve_with_inverse(linv: torch.Tensor, b: torch.Tensor, *, tile: tuple | None = None,
+                       copy_b: bool = False) -> torch.Tensor:
+    """``X = L^-T (L^-1 B)``: the ridge solve's two triangular products.
+
+    Args:
+        linv: ``(batch, n, n)`` fp32, ``L^-1`` with exact zeros above the diagonal, row stride
+            a multiple of 64 (a view of ``_Work.linv``).
+        b: ``(batch, n, o)`` fp32.
+        tile: the products' ``(BM, BN, BK, warps, stages)`` (default ``SOLVE_BIG``).
+        copy_b: copy ``b`` into a buffer with an aligned row stride first when its own is
+            not a multiple of 64 (the library's earlier way, kept for the probe).
+    Returns:
+        ``(batch, n, o)`` contiguous fp32.
+    """
+    batch, n, o = b.shape
+    x = torch.empty((batch, n, o), dtype=torch.float32, device=b.device)
+    # Y^T = B^T L^-T, then X = L^-T Y: both B operands K-major (see _LAYOUT). B^T is an
+    # M-major A operand, read where it is: an aligned copy of B (3n columns, so an odd row
+    # stride at every n = 64k + 1) made the products no faster at any shape of issue 4 and
+    # cost 5-12 % at n <= 1537 (H200: benchmarks/probe_solve_tiles.py, RESULTS.md section 4).
+    bt = b.mT
+    if copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1):
+        po = triton.cdiv(o, 64) * 64
+        bc = torch.empty((batch, n, po), dtype=torch.float32, device=b.device)[..., :o]
+        bc.copy_(b)
+        bt = bc.mT
+    yt = torch.empty((batch, o, triton.cdiv(n, 64) * 64), dtype=torch.float32,
+                     device=b.device)[..., :n]
+    tile = tile or SOLVE_BIG or _SOLVE_BIG
+    bmm(bt, linv.mT, yt, tri=K_B_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
+    del bt
+    bmm(linv.mT, yt.mT, x, tri=K_A_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
+    return x
+
+
 def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.ridge_solve` (fp32):
     ``X = L^-T (L^-1 B)`` with the explicit ``L^-1``."""
@@ -482,26 +519,10 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     w = _run(g, lam, refine=REFINE["ridge_solve"])
     n = w.n
     bb = b.reshape(w.batch, n, b.shape[-1])  # not -1: ambiguous for n = 0
-    x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
-    if x.numel() > 0 and w.batch > 0:
-        linv = w.linv[:, :n, :n]
-        # Y^T = B^T L^-T, then X = L^-T Y: both B operands K-major and every operand's row
-        # stride a multiple of 64 (see _LAYOUT), so B is copied when its row stride is not.
-        # The copy keeps B's orientation (B^T is then an M-major A operand, which costs the
-        # product nothing): a transposing copy ran at a quarter of the bandwidth (454 us of
-        # the ridge solve's 4.9 ms at 36 x 769 on the H200).
-        o = bb.shape[-1]
-        bt = bb.mT
-        if bb.stride(-2) % 64 or bb.stride(-1) != 1:
-            po = triton.cdiv(o, 64) * 64
-            bc = torch.empty((w.batch, n, po), dtype=torch.float32, device=b.device)[..., :o]
-            bc.copy_(bb)
-            bt = bc.mT
-        yt = torch.empty((w.batch, o, w.p), dtype=torch.float32, device=b.device)[..., :n]
-        tile = SOLVE_BIG or _SOLVE_BIG
-        bmm(bt, linv.mT, yt, tri=K_B_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
-        del bt
-        bmm(linv.mT, yt.mT, x, tri=K_A_UPPER, precision=SOLVE_PREC, tile=tile, zero_half=True)
+    if bb.numel() > 0 and w.batch > 0:
+        x = solve_with_inverse(w.linv[:, :n, :n], bb)
+    else:
+        x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)
     return x.reshape(b.shape), w.info.reshape(g.shape[:-2])
 
 
