@@ -36,11 +36,11 @@ costs: solve errors 0.6-0.9x torch's on the CPU (tests: ``tests/test_kernels_lin
 cond up to 1e6) and at most 1.5x the lowest of the torch compositions' on the H200 benchmark
 shapes.
 
-Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 10:33 UTC, against the
-fastest torch path of the same run): the factorization runs at 12-44 TFLOP/s from n >= 1025
-(2.3-3.7x torch, counting its graph replays), the ridge solve's products at about 58 TFLOP/s
-(Triton's ``tf32x3`` ceiling on this card was 78, cuBLAS SGEMM 51), the inverse factor at
-2.1-4.6x torch. At small n its launches dominate: they make its eager times swing with the
+Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 11:46 UTC, against the
+fastest torch path of the same run): the factorization runs at 8-44 TFLOP/s from n >= 1025
+(2.0-3.7x torch, counting its graph replays), the ridge solve's products at 43-57 TFLOP/s
+there and 12-37 below (Triton's ``tf32x3`` ceiling on this card was 79.5, cuBLAS SGEMM 51;
+``benchmarks/probe_solve_tiles.py``), the inverse factor at 2.1-4.8x torch. At small n its launches dominate: they make its eager times swing with the
 host's speed (up to 2x between runs), and :mod:`erq_kernels.linalg_graph` replays them from a
 CUDA graph, where the serial column steps of the leaf kernel are half the GPU time or more
 (``benchmarks/profile_linalg_small.py``). The dispatch table picks per shape.
