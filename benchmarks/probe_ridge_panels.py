@@ -9,6 +9,7 @@ call, else eager), with its normwise error against fp64 next to the error of tor
 ill-conditioned matrices (``--cond``, lambda 0) at the smaller shapes.
 
     python benchmarks/probe_ridge_panels.py --out DIR [--shapes 36x193 12x769] [--cond 1e5]
+        [--variants "refined (default)" "plain panels"] [--name probe_ridge_panels]
 
 (Without CUDA it runs on the CPU, for a dry run of the logic under ``TRITON_INTERPRET=1``.)
 """
@@ -60,6 +61,8 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=[f"{b}x{n}" for b, n in BL.SHAPES])
     ap.add_argument("--cond", type=float, default=1e5)
     ap.add_argument("--cond-max-n", type=int, default=1025)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--name", default="probe_ridge_panels", help="the JSON file's name")
     args = ap.parse_args()
     RC = BL.rec_kernels()
     card = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
@@ -67,6 +70,7 @@ def main():
     defaults = {k: getattr(RC, k) for k in ("REFINE", "PREC", "SOLVE_PREC")}
     defaults["REFINE"] = dict(defaults["REFINE"])
     records = []
+    out_dir = Path(args.out)
     ridge = _IMPLS["ridge_solve"]["triton_rec_graph"]  # eager above the graphs' size limit
     for shape in args.shapes:
         batch, n = map(int, shape.split("x"))
@@ -88,7 +92,8 @@ def main():
         print(f"\nridge_solve {shape}: torch cholesky_ex+2solve_triangular {t_torch:.3f} ms, "
               f"err {e_torch:.2e}" + (f"; cond {args.cond:.0e}: err {ill[3]:.2e}" if ill else ""),
               flush=True)
-        for name, setting in VARIANTS.items():
+        for name in args.variants:
+            setting = VARIANTS[name]
             cfg = dict(setting)
             cfg["REFINE"] = {**defaults["REFINE"], **setting.get("REFINE", {})}
             BL.apply(RC, {**defaults, **cfg})
@@ -112,12 +117,14 @@ def main():
                     line += f"  cond {args.cond:.0e}: {rec['ill_err_vs_torch']:4.2f}x torch's"
                 print(line, flush=True)
                 records.append(rec)
+            except Exception as e:  # one failing setting does not lose the others
+                print(f"  {name:22s} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
             finally:
                 BL.apply(RC, defaults)
                 linalg_graph.clear()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe_ridge_panels.json").write_text(json.dumps(records, indent=1) + "\n")
+        # written after every shape: a run cut short by its time limit keeps what it measured
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
 
 
 if __name__ == "__main__":

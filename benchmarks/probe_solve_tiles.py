@@ -3,8 +3,8 @@
 At the small shapes of issue 4 these products ran at 11-33 TFLOP/s against about 58 at n >= 1025
 (``results/probe_ridge_panels.txt``: the ridge solve minus the inverse factor's time). For each
 shape and each tile ``(BM, BN, BK, warps, stages)`` of ``TILES``, with B copied into an aligned
-buffer (the library's way) and read where it is: the GPU time of one call replayed from a CUDA
-graph, its TFLOP/s (``2 n^2 o`` per matrix) and its error against fp64; then the same two
+buffer (the library's way until stop 23) and read where it is (its way since): the GPU time
+of one call replayed from a CUDA graph, its TFLOP/s (``2 n^2 o`` per matrix) and its error against fp64; then the same two
 products as cuBLAS SGEMMs on the whole matrices (``torch.bmm``, TF32 off: IEEE products, twice
 the flops; the TFLOP/s column still counts ``2 n^2 o``).
 
@@ -80,12 +80,16 @@ def main():
                 print(f"  {str(tile):22s} copy_b={copy_b!s:5s} {ms * 1e3:8.1f} us "
                       f"{gflop / ms:6.1f} TFLOP/s  err {err:.1e}", flush=True)
         # cuBLAS SGEMM (IEEE fp32) on the whole matrices, zeros included: twice the flops
+        prev = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
 
         def sgemm():
             return torch.bmm(linv.mT, torch.bmm(linv, b))
-        ms = replay_ms(sgemm)
-        x = sgemm()
+        try:
+            ms = replay_ms(sgemm)
+            x = sgemm()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
         err = float(((x[:2].double() - ref).norm() / ref.norm()))
         records.append({"batch": batch, "n": n, "o": o, "tile": "cublas_sgemm", "copy_b": False,
                         "ms": ms, "tflops": gflop / ms, "err": err, "card": card,

@@ -39,9 +39,10 @@ shapes.
 Speed (H200, ``benchmarks/RESULTS.md`` section 4, run of 2026-11-29 11:46 UTC, against the
 fastest torch path of the same run): the factorization runs at 8-44 TFLOP/s from n >= 1025
 (2.0-3.7x torch, counting its graph replays), the ridge solve's products at 43-57 TFLOP/s
-there and 12-37 below (Triton's ``tf32x3`` ceiling on this card was 79.5, cuBLAS SGEMM 51;
-``benchmarks/probe_solve_tiles.py``), the inverse factor at 2.1-4.8x torch. At small n its launches dominate: they make its eager times swing with the
-host's speed (up to 2x between runs), and :mod:`erq_kernels.linalg_graph` replays them from a
+there and 13-37 below (Triton's ``tf32x3`` ceiling on this card was 79.5, cuBLAS SGEMM 51;
+``benchmarks/probe_solve_tiles.py``), the inverse factor at 2.1-4.8x torch. At small n its
+launches dominate: they make its eager times swing with the host's speed (up to 2x between
+runs), and :mod:`erq_kernels.linalg_graph` replays them from a
 CUDA graph, where the serial column steps of the leaf kernel are half the GPU time or more
 (``benchmarks/profile_linalg_small.py``). The dispatch table picks per shape.
 """
@@ -57,7 +58,7 @@ from . import _dispatch, reference
 from .cholesky import (PREC, _chol_diag_kernel, _factor_block, _fp32, _lam_vec, _load_sym,
                        _solve_right)
 
-__all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm"]
+__all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm", "solve_with_inverse"]
 
 _LEAF = 64
 # GEMM tiles (the benchmark may override them): large products use BIG, products with a side of
@@ -483,21 +484,27 @@ def solve_with_inverse(linv: torch.Tensor, b: torch.Tensor, *, tile: tuple | Non
     Args:
         linv: ``(batch, n, n)`` fp32, ``L^-1`` with exact zeros above the diagonal, row stride
             a multiple of 64 (a view of ``_Work.linv``).
-        b: ``(batch, n, o)`` fp32.
+        b: ``(batch, n, o)`` fp32, any strides.
         tile: the products' ``(BM, BN, BK, warps, stages)`` (default ``SOLVE_BIG``).
-        copy_b: copy ``b`` into a buffer with an aligned row stride first when its own is
-            not a multiple of 64 (the library's earlier way, kept for the probe).
+        copy_b: copy ``b`` into a contiguous buffer with an aligned row stride first when its
+            row stride is not a multiple of 64 or its columns are not contiguous (the library's
+            earlier way, kept for the probe). ``b`` is copied anyway when an offset within one
+            of its matrices would not fit the GEMM kernel's 32-bit index arithmetic.
     Returns:
         ``(batch, n, o)`` contiguous fp32.
     """
     batch, n, o = b.shape
     x = torch.empty((batch, n, o), dtype=torch.float32, device=b.device)
     # Y^T = B^T L^-T, then X = L^-T Y: both B operands K-major (see _LAYOUT). B^T is an
-    # M-major A operand, read where it is: an aligned copy of B (3n columns, so an odd row
-    # stride at every n = 64k + 1) made the products no faster at any shape of issue 4 and
-    # cost 5-12 % at n <= 1537 (H200: benchmarks/probe_solve_tiles.py, RESULTS.md section 4).
+    # M-major A operand, read where it is: with the default tile, an aligned copy of B (3n
+    # columns, so an odd row stride at every n = 64k + 1) made the products no faster at any
+    # shape of issue 4 and cost 4-11 % at n <= 1537 (H200: benchmarks/probe_solve_tiles.py,
+    # RESULTS.md section 4).
     bt = b.mT
-    if copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1):
+    # _bmm_kernel's offsets within a matrix are int32 (a row stride that spans the batch,
+    # e.g. a transposed (n, batch, o) tensor, could overflow them)
+    span = sum((size - 1) * abs(st) for size, st in zip(b.shape[1:], b.stride()[1:]))
+    if (copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1)) or span >= 2 ** 31:
         po = triton.cdiv(o, 64) * 64
         bc = torch.empty((batch, n, po), dtype=torch.float32, device=b.device)[..., :o]
         bc.copy_(b)

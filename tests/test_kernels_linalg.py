@@ -253,6 +253,32 @@ def test_recursive_panel_methods(monkeypatch, op, refine):
     assert got <= 2 * want + 1e-7, (got, want)
 
 
+def test_recursive_ridge_reads_b_with_its_strides():
+    """The ridge solve of triton_rec reads B where it is (no aligned copy): B as a transposed
+    view, with every other column, and with batch dimensions of a permuted tensor gives the
+    result of a contiguous B, not an alias of B; ``solve_with_inverse`` gives the same with
+    and without its copy."""
+    n = 65
+    g = spd(3, n, cond=1e3).float()
+    base = torch.randn(3, 2 * 3 * n, n)
+    views = {"transposed": base[:, :3 * n].mT, "strided": base.mT[..., ::2],
+             "permuted": torch.randn(n, 3, 3 * n).transpose(0, 1)}
+    for name, b in views.items():
+        x, info = R.ridge_solve(g, b, 0.01)
+        want, _ = R.ridge_solve(g, b.contiguous(), 0.01)
+        assert torch.equal(x, want), name
+        ptr = b.untyped_storage().data_ptr()
+        assert x.is_contiguous() and x.untyped_storage().data_ptr() != ptr
+        assert info.tolist() == [0, 0, 0]
+    b = views["transposed"]
+    linv = torch.zeros(3, 128, 128)
+    linv[:, :n, :n] = torch.linalg.inv(torch.linalg.cholesky(g.double())).float().tril()
+    ref = linv[:, :n, :n].double().mT @ (linv[:, :n, :n].double() @ b.double())
+    for copy_b in (False, True):
+        got = R.solve_with_inverse(linv[:, :n, :n], b, copy_b=copy_b)
+        assert rel(got, ref) < 1e-6, (copy_b, rel(got, ref))
+
+
 @BOTH
 def test_empty_systems(K):
     """n = 0 (with a batch) and batch 0: empty results of the right shapes, info all zero."""
