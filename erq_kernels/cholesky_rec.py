@@ -48,6 +48,7 @@ CUDA graph, where the serial column steps of the leaf kernel are half the GPU ti
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -330,11 +331,10 @@ class _Work:
         batch = math.prod(bshape)
         p = triton.cdiv(n, _LEAF) * _LEAF
         dev = src.device
-        self.n, self.p, self.batch = n, p, batch
+        self.n, self.p, self.batch, self.dev = n, p, batch, dev
         # every pass over a (batch, p, p) buffer counts at small n (a tenth of a graph
         # replay's time at 36 x 769): only the padding is zeroed, not the whole buffer
         self.a = torch.empty((batch, p, p), dtype=torch.float32, device=dev)
-        self.zero_lam = torch.zeros(batch, dtype=torch.float32, device=dev)
         if batch > 0 and n > 0:
             s = src.reshape(batch, n, n)
             lam_v = self.zero_lam if lam is None else _lam_vec(lam, bshape, batch, dev)
@@ -355,6 +355,12 @@ class _Work:
         # inverse uses the first, the refined panels both
         self.scratch = torch.empty((2 if refine else int(need_inv), batch * half * (p - half)),
                                    dtype=torch.float32, device=dev)
+
+    @functools.cached_property
+    def zero_lam(self) -> torch.Tensor:
+        """Lambda 0 per matrix, for the prep without lambda and the two-tile leaf kernel (made
+        only there: a fill per call otherwise)."""
+        return torch.zeros(self.batch, dtype=torch.float32, device=self.dev)
 
     def tmp(self, i: int, rows: int, cols: int) -> torch.Tensor:
         """Scratch buffer ``i`` as a ``(batch, rows, cols)`` tensor."""
@@ -526,7 +532,7 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     w = _run(g, lam, refine=REFINE["ridge_solve"])
     n = w.n
     bb = b.reshape(w.batch, n, b.shape[-1])  # not -1: ambiguous for n = 0
-    if bb.numel() > 0 and w.batch > 0:
+    if bb.numel() > 0:
         x = solve_with_inverse(w.linv[:, :n, :n], bb)
     else:
         x = torch.empty(bb.shape, dtype=torch.float32, device=b.device)

@@ -2,14 +2,13 @@
 
 The interpreter accepts some code that the compiler rejects (a loop index reassigned under a
 ``tl.constexpr`` branch stops being a constexpr for the compiler, not for the interpreter), and
-the GPU is not always at hand. :func:`record` collects, per kernel, the argument types and
+the GPU is not always at hand. :class:`Recorder` collects, per kernel, the argument types and
 constexpr values of every interpreted launch; ``python tests/kernel_specs.py SPECS.json``
 (without ``TRITON_INTERPRET``) compiles each for sm_90a with the ptxas of Triton's wheel, on a
 machine without a GPU, and exits non-zero if any fails.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import json
@@ -94,17 +93,6 @@ class Recorder:
         if key not in self._seen:
             self._seen.add(key)
             self.specs.append(spec)
-
-
-@contextlib.contextmanager
-def record():
-    """Within the block, every interpreted launch is recorded; yields the list of specs."""
-    rec = Recorder()
-    rec.install()
-    try:
-        yield rec.specs
-    finally:
-        rec.uninstall()
 
 
 def compile_spec(spec: dict, capability: int = 90):
