@@ -1,7 +1,9 @@
 """Where the time of one small fake-quant linear goes (GPU): kernel times from torch.profiler
 and wall times of the pieces (one-pass quantizer, GEMM with cuBLAS's bias epilogue and without,
 whole op directly and through the dispatcher, eager reference), for the calibration-sized
-shapes where the bf16 speed-up is smallest.
+shapes where the bf16 speed-up is smallest. The one-pass quantizers (the flat kernel for a
+contiguous input, the general one for a strided view) and the whole op also through Triton's
+JIT launch, against the cached launch of ``erq_kernels/_launch.py`` (stop 24).
 
     python benchmarks/profile_fakequant.py
 """
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import erq_kernels
+from erq_kernels import _launch
 from erq_kernels import fakequant as fq
 from erq_kernels import reference as ref
 
@@ -44,7 +47,21 @@ def host_us(fn, reps=200):
     return host
 
 
+def jit_launch(fn):
+    """``fn`` with the one-pass quantizer launched through Triton's JIT, not the cached launch
+    of ``erq_kernels/_launch.py`` (the library's launch before stop 24)."""
+    def run():
+        prev, _launch._SUPPORTED = _launch._SUPPORTED, False
+        try:
+            return fn()
+        finally:
+            _launch._SUPPORTED = prev
+    return run
+
+
 def main():
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cached launch "
+          f"{'on' if _launch.supported() else 'OFF (this Triton launches differently)'}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     for dname, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         for name, m, k, n in SHAPES:
@@ -57,11 +74,16 @@ def main():
             xq = fq.fake_quant_tensor(x, quant)
             wt = w.t()
             fns = {"quantize (Triton one pass)": lambda: fq.fake_quant_tensor(x, quant),
+                   "quantize (same, JIT launch)": jit_launch(lambda: fq.fake_quant_tensor(x, quant)),
+                   "quantize x.T (general kernel)": lambda: fq.fake_quant_tensor(x.t(), quant),
+                   "quantize x.T (same, JIT launch)": jit_launch(
+                       lambda: fq.fake_quant_tensor(x.t(), quant)),
                    "quantize (eager)": lambda: ref.fake_quant(x, s.to(dtype), z.to(dtype), 15),
                    "GEMM only": lambda: F.linear(xq, w, b),
                    "GEMM: torch.mm, no bias": lambda: torch.mm(xq, wt),
                    "GEMM: torch.addmm": lambda: torch.addmm(b, xq, wt),
                    "op (default strategy)": lambda: fq.fake_quant_linear(x, w, b, s, z, 15),
+                   "op (same, JIT launch)": jit_launch(lambda: fq.fake_quant_linear(x, w, b, s, z, 15)),
                    "op through the dispatcher": lambda: erq_kernels.fake_quant_linear(x, w, b, s, z, 15),
                    "eager reference": lambda: F.linear(ref.fake_quant(x, s.to(dtype), z.to(dtype), 15), w, b)}
             print(f"\n{dname} {name} {m}x{k}x{n}: us per call (back to back) / host us to issue")

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
+from ._limits import linalg_fits
 
 __all__ = ["cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
            "inverse_cholesky_upper", "cholesky_workspace"]
@@ -469,6 +470,13 @@ def _fp32(*ts) -> bool:
     return all(t.dtype == torch.float32 for t in ts)
 
 
+def _fits(t: torch.Tensor, *others: torch.Tensor, width: int = 0) -> bool:
+    """The systems of ``t`` (``(..., n, n)``), with right-hand sides ``width`` wide, within the
+    kernels' indexing (:mod:`erq_kernels._limits`); ``others`` are read in place too."""
+    batch = math.prod(torch.broadcast_shapes(*(x.shape[:-2] for x in (t, *others))))
+    return linalg_fits(batch, t.shape[-1], width, tensors=(t, *others))
+
+
 def _factor_copy(src: torch.Tensor, lam):
     """Contiguous fp32 copy of ``src`` (``(..., n, n)``) factored in place: (L, info, W)."""
     n = src.shape[-1]
@@ -485,7 +493,7 @@ def _factor_copy(src: torch.Tensor, lam):
 
 def cholesky(a: torch.Tensor, lam=None):
     """Triton version of :func:`erq_kernels.reference.cholesky` (fp32)."""
-    if not _fp32(a):
+    if not (_fp32(a) and _fits(a)):
         return reference.cholesky(a, lam)
     out, info, _ = _factor_copy(a, lam)
     return out.reshape(a.shape), info.reshape(a.shape[:-2])
@@ -498,7 +506,7 @@ def _bstrides(t: torch.Tensor, transpose: bool = False):
 
 def solve_triangular(t, b, *, upper=False, left=True, unitriangular=False):
     """Triton version of :func:`erq_kernels.reference.solve_triangular` (fp32)."""
-    if not _fp32(t, b):
+    if not (_fp32(t, b) and _fits(t, b, width=max(b.shape[-2:]))):
         return reference.solve_triangular(t, b, upper=upper, left=left,
                                           unitriangular=unitriangular)
     n = t.shape[-1]
@@ -526,7 +534,7 @@ def solve_triangular(t, b, *, upper=False, left=True, unitriangular=False):
 
 def triangular_inverse(t, *, upper=False):
     """Triton version of :func:`erq_kernels.reference.triangular_inverse` (fp32)."""
-    if not _fp32(t):
+    if not (_fp32(t) and _fits(t)):
         return reference.triangular_inverse(t, upper=upper)
     n = t.shape[-1]
     tb = t.reshape(math.prod(t.shape[:-2]), n, n)
@@ -543,7 +551,7 @@ def triangular_inverse(t, *, upper=False):
 
 def ridge_solve(g, b, lam=None):
     """Triton version of :func:`erq_kernels.reference.ridge_solve` (fp32)."""
-    if not _fp32(g, b):
+    if not (_fp32(g, b) and _fits(g, b, width=b.shape[-1])):
         return reference.ridge_solve(g, b, lam)
     n = g.shape[-1]
     lmat, info, w = _factor_copy(g, lam)
@@ -557,7 +565,7 @@ def ridge_solve(g, b, lam=None):
 
 def inverse_cholesky_upper(g, lam=None):
     """Triton version of :func:`erq_kernels.reference.inverse_cholesky_upper` (fp32)."""
-    if not _fp32(g):
+    if not (_fp32(g) and _fits(g)):
         return reference.inverse_cholesky_upper(g, lam)
     n = g.shape[-1]
     m, info, w = _factor_copy(g.flip(-1, -2), lam)

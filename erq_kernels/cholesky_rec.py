@@ -56,8 +56,9 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
-from .cholesky import (PREC, _chol_diag_kernel, _factor_block, _fp32, _lam_vec, _load_sym,
-                       _solve_right)
+from ._limits import INT32, matrix_span
+from .cholesky import (PREC, _chol_diag_kernel, _factor_block, _fits, _fp32, _lam_vec,
+                       _load_sym, _solve_right)
 
 __all__ = ["cholesky", "ridge_solve", "inverse_cholesky_upper", "bmm", "solve_with_inverse"]
 
@@ -477,7 +478,7 @@ def _run(src: torch.Tensor, lam, *, flip: bool = False, need_inv: bool = True,
 
 def cholesky(a: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.cholesky` (fp32)."""
-    if not _fp32(a):
+    if not (_fp32(a) and _fits(a)):
         return reference.cholesky(a, lam)
     w = _run(a, lam, need_inv=False, refine=REFINE["cholesky"])
     return w.lower().reshape(a.shape), w.info.reshape(a.shape[:-2])
@@ -509,8 +510,7 @@ def solve_with_inverse(linv: torch.Tensor, b: torch.Tensor, *, tile: tuple | Non
     bt = b.mT
     # _bmm_kernel's offsets within a matrix are int32 (a row stride that spans the batch,
     # e.g. a transposed (n, batch, o) tensor, could overflow them)
-    span = sum((size - 1) * abs(st) for size, st in zip(b.shape[1:], b.stride()[1:]))
-    if (copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1)) or span >= 2 ** 31:
+    if (copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1)) or matrix_span(b) >= INT32:
         po = triton.cdiv(o, 64) * 64
         bc = torch.empty((batch, n, po), dtype=torch.float32, device=b.device)[..., :o]
         bc.copy_(b)
@@ -527,7 +527,7 @@ def solve_with_inverse(linv: torch.Tensor, b: torch.Tensor, *, tile: tuple | Non
 def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.ridge_solve` (fp32):
     ``X = L^-T (L^-1 B)`` with the explicit ``L^-1``."""
-    if not (_fp32(g, b)):
+    if not (_fp32(g, b) and _fits(g, b, width=b.shape[-1])):
         return reference.ridge_solve(g, b, lam)
     w = _run(g, lam, refine=REFINE["ridge_solve"])
     n = w.n
@@ -541,7 +541,7 @@ def ridge_solve(g: torch.Tensor, b: torch.Tensor, lam=None):
 
 def inverse_cholesky_upper(g: torch.Tensor, lam=None):
     """Recursive version of :func:`erq_kernels.reference.inverse_cholesky_upper` (fp32)."""
-    if not _fp32(g):
+    if not (_fp32(g) and _fits(g)):
         return reference.inverse_cholesky_upper(g, lam)
     w = _run(g, lam, flip=True, refine=REFINE["inverse_cholesky_upper"])
     u = w.linv[:, :w.n, :w.n].flip(-1, -2)

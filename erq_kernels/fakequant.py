@@ -37,6 +37,7 @@ saturated level, not NaN.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -44,9 +45,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from . import _dispatch
+from . import _dispatch, _limits
 from ._fakequant_kernels import fq_flat_kernel, fq_matmul_kernel, fq_tensor_kernel
-from .reference import _ieee_matmul
+from ._launch import CachedLaunch, align_key
+from .reference import _apply_quant, _ieee_matmul
 
 __all__ = ["fake_quant_linear", "fake_quant_matmul", "fake_quant_tensor"]
 
@@ -55,6 +57,10 @@ _NONE, _UNIFORM, _LOG2 = 0, 1, 2
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # operand dtypes the kernels take
 _P_SCALAR, _P_ONE, _P_VEC = 0, 1, 2  # parameters: kernel scalars, one value, K values
 STRATEGIES = ("fused", "prequant", "prequant_triton")
+# the one-pass quantizers, launched without the JIT's per-call binding where the installed
+# Triton allows it (_launch.py): on small tensors the launch costs more host time than the pass
+_FLAT_LAUNCH = CachedLaunch(fq_flat_kernel)
+_TENSOR_LAUNCH = CachedLaunch(fq_tensor_kernel)
 
 
 def default_strategy(op: str, dtype, a_quant=None) -> str:
@@ -212,14 +218,18 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
     if flat is not None:  # the common case, with as little host work as possible
         y = torch.empty_like(x)
         block = 1024 if _INTERPRET else 2048
-        fq_flat_kernel[(triton.cdiv(x.numel(), block),)](
-            x, y, x.numel(), *flat, EMULATE=_INTERPRET and x.dtype != torch.float32,
-            FAST_DIV=not _INTERPRET, BLOCK=block, num_warps=4)
+        args = (x, y, x.numel(), *flat)
+        consts = {"EMULATE": _INTERPRET and x.dtype != torch.float32, "FAST_DIV": not _INTERPRET,
+                  "BLOCK": block}
+        # every runtime argument in the key; the constexprs follow from x's dtype
+        _FLAT_LAUNCH((triton.cdiv(x.numel(), block),), align_key(*args), args, consts,
+                     num_warps=4)
         return y
     if x.dtype not in _DTYPES:
         raise TypeError(f"unsupported dtype {x.dtype}")
-    if x.numel() >= 2 ** 31:
-        raise ValueError("tensor too large for 32-bit indexing")
+    if max(x.numel(), _limits.span(x) + 1) >= _limits.INT32:
+        # beyond the kernel's 32-bit offsets: the reference, on the kernel's fp32 values
+        return _apply_quant(x.float(), quant).to(x.dtype)
     k = x.shape[-1] if x.dim() else 1
     mode, pm, s, z, last = _parse_quant(quant, x.device, k, allow_vec=True)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
@@ -229,11 +239,12 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
     while x4.dim() < 4:
         x4 = x4.unsqueeze(0)
     block = 1024 if _INTERPRET else 2048
-    fq_tensor_kernel[(triton.cdiv(x.numel(), block),)](
-        x4, y, x.numel(), x4.shape[1], x4.shape[2], x4.shape[3], *x4.stride(), s, z, last,
-        QUANT=mode, PARAM=pm, CONTIG=x4.is_contiguous(),
-        EMULATE=_INTERPRET and x.dtype != torch.float32, FAST_DIV=not _INTERPRET,
-        BLOCK=block, num_warps=4)
+    args = (x4, y, x.numel(), x4.shape[1], x4.shape[2], x4.shape[3], *x4.stride(), s, z, last)
+    consts = {"QUANT": mode, "PARAM": pm, "CONTIG": x4.is_contiguous(),
+              "EMULATE": _INTERPRET and x.dtype != torch.float32, "FAST_DIV": not _INTERPRET,
+              "BLOCK": block}
+    _TENSOR_LAUNCH((triton.cdiv(x.numel(), block),),
+                   (align_key(*args), mode, pm, consts["CONTIG"]), args, consts, num_warps=4)
     return y
 
 
@@ -255,6 +266,13 @@ def _flat_args(x, quant):
             return None
     return s, z, float(quant[3])
 
+
+
+def _gemm_fits(a, b, out_mn, batch: int) -> bool:
+    """Whether the Triton GEMM can index these matrices (32-bit offsets within one matrix, the
+    batch on a grid axis); otherwise the op takes the strategy whose GEMM is torch's."""
+    return (batch <= _limits.MAX_GRID_YZ and out_mn[0] * out_mn[1] < _limits.INT32
+            and _limits.matrix_span(a) < _limits.INT32 and _limits.matrix_span(b) < _limits.INT32)
 
 
 def _torch_gemm(fn, dtype):
@@ -298,6 +316,9 @@ def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None, *,
     if strategy == "prequant_triton":
         x, quant = fake_quant_tensor(x, quant), None
     x2 = x.reshape(-1, k)
+    if not _gemm_fits(x2, weight.t(), (x2.shape[0], n), 1):
+        return fake_quant_linear(x, weight, bias, None if quant is None else scale, zero, qmax,
+                                 strategy="prequant")
     out = torch.empty(x2.shape[0], n, device=x.device, dtype=x.dtype)
     _launch(x2[None, None], weight.t()[None, None], bias, out[None, None], quant, None,
             "large", precision, config)
@@ -336,6 +357,8 @@ def fake_quant_matmul(a, b, a_quant=None, b_quant=None, *, strategy=None, precis
             return _torch_gemm(lambda: torch.matmul(a, b), a.dtype)
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, n = a.shape[-2], b.shape[-1]
+    if not _gemm_fits(a, b, (m, n), math.prod(batch)):
+        return fake_quant_matmul(a, b, a_quant, b_quant, strategy="prequant")
     out = torch.empty(*batch, m, n, device=a.device, dtype=a.dtype)
     _launch(_as4d(a.expand(*batch, *a.shape[-2:])), _as4d(b.expand(*batch, *b.shape[-2:])),
             None, _as4d(out), a_quant, b_quant, "small", precision, config)

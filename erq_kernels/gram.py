@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _dispatch, reference
+from . import _dispatch, _limits, reference
 from .gram_exact import quant_params
 
 __all__ = ["gram_update"]
@@ -188,8 +188,10 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
     """
     if precision not in ("tf32x3", "ieee"):
         raise ValueError(f"precision must be tf32x3 or ieee, got {precision!r}")
+    # (D + 1)^2 accumulators past 32-bit offsets (D >= 46k) go to the reference too
     if (any(t.dtype != torch.float32 or not t.is_contiguous() for t in (ata, atx, colsum))
-            or not x.is_floating_point() or x.dtype == torch.float64):
+            or not x.is_floating_point() or x.dtype == torch.float64
+            or not _limits.linalg_fits(1, ata.shape[-1])):
         return reference.gram_update(x, ata, atx, colsum, scale, zero, qmax)
     n, d = x.shape
     if n == 0:

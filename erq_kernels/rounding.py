@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _dispatch, reference
+from . import _dispatch, _limits, reference
 
 __all__ = ["rounding_refine"]
 
@@ -115,8 +115,10 @@ def rounding_refine(e_round: torch.Tensor, e_floor: torch.Tensor, e_ceil: torch.
         ``MAX_BLOCK_S``, go to the reference.
     """
     s = e_round.shape[-1]
+    batch = e_round.shape[0] if e_round.dim() == 3 else 1
     if (any(t.dtype != torch.float32 for t in (e_round, e_floor, e_ceil, c))
-            or triton.next_power_of_2(max(s, 1)) > MAX_BLOCK_S):
+            or triton.next_power_of_2(max(s, 1)) > MAX_BLOCK_S
+            or batch > _limits.MAX_GRID_YZ):  # the batch is a grid axis
         return reference.rounding_refine(e_round, e_floor, e_ceil, c, max_steps)
     squeeze = e_round.dim() == 2
     if squeeze:

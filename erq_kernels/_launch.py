@@ -1,0 +1,91 @@
+"""A leaner launch for small, frequent kernels: the compiled kernel cached under a key the
+caller computes, then launched the way ``JITFunction.run`` launches it, without the JIT's
+per-call argument binding and specialization.
+
+Why: on the H200 machine's host, issuing the one-pass quantizer through the JIT cost 23-32 us
+per call, more than its GPU time at ViT-B sizes (5-12 us), which left the quantized linear
+layers host-bound (``benchmarks/results/profile_fakequant.txt``).
+
+Safety: the caller's key must hold everything the JIT specializes on (each tensor's dtype and
+16-byte alignment, each integer's divisibility by 16, whether it is 1, and whether it needs 64
+bits; the constexprs and launch options). The first call of a key goes through the JIT, which
+compiles and returns the kernel. The fast path is used only where the installed Triton launches
+exactly as this module does (its ``JITFunction.run`` source is checked once), never under the
+interpreter; otherwise every call goes through the JIT.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+_LAUNCH_LINE = ("kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, "
+                "launch_metadata,")
+_ARGS_LINE = "knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound_args.values())"
+_SUPPORTED = None
+
+
+def supported() -> bool:
+    """Whether this Triton's ``JITFunction.run`` launches as :class:`CachedLaunch` does (and the
+    interpreter is off). ``ERQ_KERNELS_JIT_LAUNCH=1`` turns the fast path off."""
+    global _SUPPORTED
+    if _SUPPORTED is None:
+        ok = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        ok = ok and os.environ.get("ERQ_KERNELS_JIT_LAUNCH", "0") in ("", "0")
+        if ok:
+            try:
+                from triton import knobs  # noqa: F401  (the hooks the launch passes)
+                from triton.runtime.jit import JITFunction
+                src = " ".join(inspect.getsource(JITFunction.run).split())
+                ok = " ".join(_LAUNCH_LINE.split()) in src and _ARGS_LINE in src
+            except Exception:  # an older or newer Triton: the JIT launches everything
+                ok = False
+        _SUPPORTED = ok
+    return _SUPPORTED
+
+
+def align_key(*values) -> tuple:
+    """The part of a cache key that Triton specializes on, for the runtime arguments
+    ``values``: a tensor's dtype and whether its address is 16-byte aligned, an integer's
+    divisibility by 16, equality to 1 and need for 64 bits; other values by type."""
+    key = []
+    for v in values:
+        if hasattr(v, "data_ptr"):
+            key.append((v.dtype, v.data_ptr() % 16 == 0))
+        elif isinstance(v, bool):
+            key.append(("b", v))
+        elif isinstance(v, int):
+            key.append(("i", v % 16 == 0, v == 1, -2 ** 31 <= v < 2 ** 31))
+        else:
+            key.append(type(v))
+    return tuple(key)
+
+
+class CachedLaunch:
+    """``launcher(grid, key, args, consts, **options)`` runs ``kernel[grid](*args, **consts,
+    **options)``; ``args`` are the runtime arguments and ``consts`` the constexprs, both in the
+    kernel's parameter order (together: every parameter), ``key`` everything that selects the
+    compiled kernel (see the module docstring; :func:`align_key` of ``args`` plus the constexpr
+    values, options and device)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled = {}
+
+    def __call__(self, grid, key, args, consts, **options):
+        if not supported():
+            self.kernel[grid](*args, **consts, **options)
+            return
+        from triton import knobs
+        from triton.runtime.driver import driver
+        dev = driver.active.get_current_device()  # the JIT's cache is per current device too
+        ck = self.compiled.get((dev, key))
+        if ck is None:
+            self.compiled[(dev, key)] = self.kernel[grid](*args, **consts, **options)
+            return
+        stream = driver.active.get_current_stream(dev)
+        allargs = (*args, *consts.values())
+        gy = grid[1] if len(grid) > 1 else 1
+        gz = grid[2] if len(grid) > 2 else 1
+        ck.run(grid[0], gy, gz, stream, ck.function, ck.packed_metadata,
+               ck.launch_metadata(grid, stream, *allargs), knobs.runtime.launch_enter_hook,
+               knobs.runtime.launch_exit_hook, *allargs)
