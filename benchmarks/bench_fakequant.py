@@ -360,8 +360,8 @@ def main():
         print(f"{op.split('_')[-1]:8s} {dname:5s} {sh:34s} " + " ".join(
             f"{res[n]['ms']:8.3f} ({eager / res[n]['ms']:5.2f}x)" for n in names) +
             f"  {flop / best / 1e9:6.1f}", flush=True)
-    for kind, tuner in fq._TUNED.items():
-        for key, cfg in getattr(tuner, "cache", {}).items():
+    for kind, launch in fq._TUNED.items():
+        for key, cfg in getattr(launch.tuner, "cache", {}).items():
             log(f"tuned {kind} {key}: {cfg}")
     log(f"wrote {out_file}; correctness {'OK' if ok else 'FAILED'}")
     if args.write_dispatch:

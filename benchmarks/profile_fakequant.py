@@ -5,7 +5,9 @@ shapes where the bf16 speed-up is smallest. The one-pass quantizers (the flat ke
 contiguous input, the general one for a strided view) and the whole op also through Triton's
 JIT launch, against the cached launch of ``erq_kernels/_launch.py`` (stop 24).
 
-    python benchmarks/profile_fakequant.py
+    python benchmarks/profile_fakequant.py [--host-profile]
+
+``--host-profile``: only a cProfile of the host work of the bf16 ViT-B qkv quantizer and op.
 """
 from __future__ import annotations
 
@@ -99,5 +101,34 @@ def main():
                     print(f"    kernel {e.key[:60]:60s} {dev / e.count:8.1f} us x {e.count}")
 
 
+def host_profile(calls=400):
+    """cProfile of the host work of the one-pass quantizer and of the whole bf16 op (ViT-B qkv),
+    the GPU kept busy by a sleep kernel so that nothing waits on it: where the us go."""
+    import cProfile
+    import pstats
+    x = torch.randn(197 * 32, 768, device="cuda").bfloat16()
+    w = (torch.randn(2304, 768, device="cuda") / 28).bfloat16()
+    b = torch.randn(2304, device="cuda").bfloat16()
+    s, z = torch.tensor(0.2, device="cuda"), torch.tensor(7.3, device="cuda")
+    for label, fn in (("quantize", lambda: fq.fake_quant_tensor(x, ("uniform", s, z, 15))),
+                      ("op", lambda: fq.fake_quant_linear(x, w, b, s, z, 15))):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(1_000_000_000)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fn()
+        prof.disable()
+        torch.cuda.synchronize()
+        print(f"\n# cProfile, {label}, {calls} calls (tottime per call in us = tottime / {calls} * 1e6)")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if "--host-profile" in sys.argv:
+        host_profile()
+    else:
+        main()

@@ -22,21 +22,24 @@ _LAUNCH_LINE = ("kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, ker
                 "launch_metadata,")
 _ARGS_LINE = "knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound_args.values())"
 _SUPPORTED = None
+_RUNTIME = _ACTIVE = None  # triton.knobs.runtime and triton's active driver, once supported()
 
 
 def supported() -> bool:
     """Whether this Triton's ``JITFunction.run`` launches as :class:`CachedLaunch` does (and the
     interpreter is off). ``ERQ_KERNELS_JIT_LAUNCH=1`` turns the fast path off."""
-    global _SUPPORTED
+    global _SUPPORTED, _RUNTIME, _ACTIVE
     if _SUPPORTED is None:
         ok = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
         ok = ok and os.environ.get("ERQ_KERNELS_JIT_LAUNCH", "0") in ("", "0")
         if ok:
             try:
-                from triton import knobs  # noqa: F401  (the hooks the launch passes)
+                from triton import knobs
+                from triton.runtime.driver import driver
                 from triton.runtime.jit import JITFunction
                 src = " ".join(inspect.getsource(JITFunction.run).split())
                 ok = " ".join(_LAUNCH_LINE.split()) in src and _ARGS_LINE in src
+                _RUNTIME, _ACTIVE = knobs.runtime, driver.active
             except Exception:  # an older or newer Triton: the JIT launches everything
                 ok = False
         _SUPPORTED = ok
@@ -62,30 +65,44 @@ def align_key(*values) -> tuple:
 
 class CachedLaunch:
     """``launcher(grid, key, args, consts, **options)`` runs ``kernel[grid](*args, **consts,
-    **options)``; ``args`` are the runtime arguments and ``consts`` the constexprs, both in the
-    kernel's parameter order (together: every parameter), ``key`` everything that selects the
-    compiled kernel (see the module docstring; :func:`align_key` of ``args`` plus the constexpr
-    values, options and device)."""
+    **options)`` (or ``tuner[grid](...)``, an autotuner over ``kernel``): ``args`` are the
+    leading runtime arguments in the kernel's parameter order, ``consts`` the other parameters
+    by name, ``key`` everything that selects the compiled kernel (see the module docstring:
+    :func:`align_key` of ``args``, the constexpr values, the options, and with a tuner the
+    values its key is made of). With a tuner, ``grid`` is a function of the chosen config's
+    constexprs, which the cached launch reuses."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, tuner=None):
         self.kernel = kernel
+        self.tuner = tuner
         self.compiled = {}
+        self._names = {}
 
     def __call__(self, grid, key, args, consts, **options):
+        launcher = self.kernel if self.tuner is None else self.tuner
         if not supported():
-            self.kernel[grid](*args, **consts, **options)
+            launcher[grid](*args, **consts, **options)
             return
-        from triton import knobs
-        from triton.runtime.driver import driver
-        dev = driver.active.get_current_device()  # the JIT's cache is per current device too
-        ck = self.compiled.get((dev, key))
-        if ck is None:
-            self.compiled[(dev, key)] = self.kernel[grid](*args, **consts, **options)
+        dev = _ACTIVE.get_current_device()  # the JIT's cache is per current device too
+        hit = self.compiled.get((dev, key))
+        if hit is None:
+            ck = launcher[grid](*args, **consts, **options)
+            cfg = {} if self.tuner is None else dict(self.tuner.best_config.kwargs)
+            self.compiled[(dev, key)] = (ck, cfg)
             return
-        stream = driver.active.get_current_stream(dev)
-        allargs = (*args, *consts.values())
+        ck, cfg = hit
+        if cfg:
+            consts = {**consts, **cfg}
+            grid = grid(consts)
+        names = self._names.get(len(args))
+        if names is None:
+            names = self._names[len(args)] = tuple(self.kernel.arg_names[len(args):])
+        allargs = (*args, *[consts[name] for name in names])
+        stream = _ACTIVE.get_current_stream(dev)
         gy = grid[1] if len(grid) > 1 else 1
         gz = grid[2] if len(grid) > 2 else 1
-        ck.run(grid[0], gy, gz, stream, ck.function, ck.packed_metadata,
-               ck.launch_metadata(grid, stream, *allargs), knobs.runtime.launch_enter_hook,
-               knobs.runtime.launch_exit_hook, *allargs)
+        enter = _RUNTIME.launch_enter_hook
+        # launch_metadata returns None without an enter hook (it is what the JIT passes then)
+        meta = None if enter is None else ck.launch_metadata(grid, stream, *allargs)
+        ck.run(grid[0], gy, gz, stream, ck.function, ck.packed_metadata, meta, enter,
+               _RUNTIME.launch_exit_hook, *allargs)

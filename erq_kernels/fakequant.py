@@ -107,7 +107,8 @@ _INTERP_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SW
 _TUNED = {}
 
 
-def _tuned_kernel(kind: str, fp32: bool):
+def _tuned_kernel(kind: str, fp32: bool) -> CachedLaunch:
+    """The autotuned fused kernel for ``kind`` and dtype class, behind a cached launch."""
     key = (kind, fp32)
     if key not in _TUNED:
         # M is left out of the large-problem key: the token count changes with the batch and
@@ -115,7 +116,8 @@ def _tuned_kernel(kind: str, fp32: bool):
         tune_key = ["N", "K", "A_QUANT", "B_QUANT", "HAS_BIAS"]
         if kind == "small":
             tune_key = ["M"] + tune_key
-        _TUNED[key] = triton.autotune(configs=_CONFIGS[key], key=tune_key)(fq_matmul_kernel)
+        tuner = triton.autotune(configs=_CONFIGS[key], key=tune_key)(fq_matmul_kernel)
+        _TUNED[key] = CachedLaunch(fq_matmul_kernel, tuner)
     return _TUNED[key]
 
 
@@ -198,9 +200,12 @@ def _launch(a, b, bias, out, a_quant, b_quant, kind, precision=None, config=None
         return out
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), g0 * g1)
+        return (-(-m // meta["BLOCK_M"]) * -(-n // meta["BLOCK_N"]), g0 * g1)
 
-    _tuned_kernel(kind, fp32)[grid](*args, **flags)
+    # the autotuner's key (N, K, M for "small", the flags, the dtypes) and what Triton
+    # specializes on (align_key)
+    key = (kind, m, n, k, align_key(*args), tuple(flags.values()))
+    _tuned_kernel(kind, fp32)(grid, key, args, flags)
     return out
 
 
@@ -218,11 +223,16 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
     if flat is not None:  # the common case, with as little host work as possible
         y = torch.empty_like(x)
         block = 1024 if _INTERPRET else 2048
-        args = (x, y, x.numel(), *flat)
+        n = x.numel()
+        s, z, qmax = flat
         consts = {"EMULATE": _INTERPRET and x.dtype != torch.float32, "FAST_DIV": not _INTERPRET,
                   "BLOCK": block}
-        # every runtime argument in the key; the constexprs follow from x's dtype
-        _FLAT_LAUNCH((triton.cdiv(x.numel(), block),), align_key(*args), args, consts,
+        # what Triton specializes the runtime arguments on (align_key, written out: this is
+        # the hot path; n < 2^31 and qmax a float by _flat_args); the constexprs follow from
+        # x's dtype. Plain integer division: triton.cdiv is a constexpr function, 2 us a call.
+        key = (x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0, n % 16 == 0, n == 1,
+               s.dtype, s.data_ptr() % 16 == 0, z.dtype, z.data_ptr() % 16 == 0)
+        _FLAT_LAUNCH(((n + block - 1) // block,), key, (x, y, n, s, z, qmax), consts,
                      num_warps=4)
         return y
     if x.dtype not in _DTYPES:
@@ -243,7 +253,7 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
     consts = {"QUANT": mode, "PARAM": pm, "CONTIG": x4.is_contiguous(),
               "EMULATE": _INTERPRET and x.dtype != torch.float32, "FAST_DIV": not _INTERPRET,
               "BLOCK": block}
-    _TENSOR_LAUNCH((triton.cdiv(x.numel(), block),),
+    _TENSOR_LAUNCH(((x.numel() + block - 1) // block,),
                    (align_key(*args), mode, pm, consts["CONTIG"]), args, consts, num_warps=4)
     return y
 

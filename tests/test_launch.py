@@ -70,3 +70,20 @@ def test_gpu_cached_launch_gives_the_jit_bits(monkeypatch):
         monkeypatch.setattr(L, "_SUPPORTED", True)
         assert all(torch.equal(g, want) for g in got), quant[0]
     assert len(fq._TENSOR_LAUNCH.compiled) >= len(cases)
+    # the autotuned fused GEMM: the config the tuner chose, reused by the cached launch
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(2, 3, 197, 64, device=dev, generator=gen).to(dtype)
+        k = torch.randn(2, 3, 197, 64, device=dev, generator=gen).to(dtype).transpose(-2, -1)
+        x = torch.randn(397, 96, device=dev, generator=gen).to(dtype)
+        w = (torch.randn(80, 96, device=dev, generator=gen) / 10).to(dtype)
+        bias = torch.randn(80, device=dev, generator=gen).to(dtype)
+        uq = ("uniform", torch.tensor(0.05, device=dev), torch.tensor(7.2, device=dev), 15)
+        runs = (lambda: fq.fake_quant_matmul(q, k, uq, uq, strategy="fused"),
+                lambda: fq.fake_quant_linear(x, w, bias, uq[1], uq[2], 15, strategy="fused"))
+        for run in runs:
+            got = [run() for _ in range(3)]
+            monkeypatch.setattr(L, "_SUPPORTED", False)
+            want = run()
+            monkeypatch.setattr(L, "_SUPPORTED", True)
+            assert all(torch.equal(g, want) for g in got), dtype
+    assert sum(len(launch.compiled) for launch in fq._TUNED.values()) >= 4
