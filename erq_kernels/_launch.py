@@ -11,12 +11,16 @@ Safety: the caller's key must hold everything the JIT specializes on (each tenso
 bits; the constexprs and launch options). The first call of a key goes through the JIT, which
 compiles and returns the kernel. The fast path is used only where the installed Triton launches
 exactly as this module does (its ``JITFunction.run`` source is checked once), never under the
-interpreter; otherwise every call goes through the JIT.
+interpreter; otherwise every call goes through the JIT. What the JIT re-reads at every call and
+this path reads only at a key's first call: Triton's debug and instrumentation settings, its
+pre-run hooks and the active driver (``ERQ_KERNELS_JIT_LAUNCH=1`` before the first launch turns
+the cache off for such work).
 """
 from __future__ import annotations
 
 import inspect
 import os
+import threading
 
 _LAUNCH_LINE = ("kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, "
                 "launch_metadata,")
@@ -77,6 +81,8 @@ class CachedLaunch:
         self.tuner = tuner
         self.compiled = {}
         self._names = {}
+        # a first call reads the tuner's best_config after launching: no other call between
+        self._first = threading.Lock()
 
     def __call__(self, grid, key, args, consts, **options):
         launcher = self.kernel if self.tuner is None else self.tuner
@@ -86,9 +92,11 @@ class CachedLaunch:
         dev = _ACTIVE.get_current_device()  # the JIT's cache is per current device too
         hit = self.compiled.get((dev, key))
         if hit is None:
-            ck = launcher[grid](*args, **consts, **options)
-            cfg = {} if self.tuner is None else dict(self.tuner.best_config.kwargs)
-            self.compiled[(dev, key)] = (ck, cfg)
+            with self._first:
+                ck = launcher[grid](*args, **consts, **options)
+                cfg = {} if self.tuner is None else dict(self.tuner.best_config.kwargs)
+            if ck is not None:  # a JIT cache hook may launch nothing and return None
+                self.compiled[(dev, key)] = (ck, cfg)
             return
         ck, cfg = hit
         if cfg:

@@ -22,6 +22,12 @@ the H200 measurements in ``benchmarks/results/fakequant.json``):
 * ``"prequant_triton"``: the same pass, then the kernel above without quantizers (fp32:
   tf32x3 tensor-core products).
 
+Launches: the one-pass quantizers and the autotuned fused GEMM are launched from their cached
+compiled kernels (:mod:`erq_kernels._launch`: 3-34 us less host time per call on the H200
+machine, the same bits), which matters where a layer's GPU work is tens of microseconds.
+Problems past the kernels' 32-bit offsets run the reference (quantizer) or the torch-GEMM
+strategy (:mod:`erq_kernels._limits`).
+
 Numerics (every strategy). The quantization is done in fp32 exactly as the reference writes it:
 ``x / scale`` correctly rounded (Markstein's reciprocal-and-FMA correction on GPU, ``div_rn``
 in the interpreter; the plain Triton ``/`` is approximate), rounding half-to-even like
@@ -203,8 +209,8 @@ def _launch(a, b, bias, out, a_quant, b_quant, kind, precision=None, config=None
         return (-(-m // meta["BLOCK_M"]) * -(-n // meta["BLOCK_N"]), g0 * g1)
 
     # the autotuner's key (N, K, M for "small", the flags, the dtypes) and what Triton
-    # specializes on (align_key)
-    key = (kind, m, n, k, align_key(*args), tuple(flags.values()))
+    # specializes on (align_key: M's divisibility, not its value, for "large")
+    key = (kind, m if kind == "small" else None, n, k, align_key(*args), tuple(flags.values()))
     _tuned_kernel(kind, fp32)(grid, key, args, flags)
     return out
 
@@ -237,11 +243,14 @@ def fake_quant_tensor(x: torch.Tensor, quant) -> torch.Tensor:
         return y
     if x.dtype not in _DTYPES:
         raise TypeError(f"unsupported dtype {x.dtype}")
-    if max(x.numel(), _limits.span(x) + 1) >= _limits.INT32:
-        # beyond the kernel's 32-bit offsets: the reference, on the kernel's fp32 values
-        return _apply_quant(x.float(), quant).to(x.dtype)
     k = x.shape[-1] if x.dim() else 1
     mode, pm, s, z, last = _parse_quant(quant, x.device, k, allow_vec=True)
+    if max(x.numel(), _limits.span(x) + 1) >= _limits.INT32:
+        # beyond the kernel's 32-bit offsets: the reference on the kernel's fp32 values, with
+        # tensor parameters (torch divides by them exactly, as the kernel does)
+        st, zt = (torch.as_tensor(v, dtype=torch.float32, device=x.device) for v in (s, z))
+        q = ("uniform", st, zt, last) if mode == _UNIFORM else ("log2", st, quant[2])
+        return _apply_quant(x.float(), q).to(x.dtype).contiguous()
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if x.numel() == 0:
         return y
@@ -263,7 +272,7 @@ def _flat_args(x, quant):
     non-empty and of a supported dtype and the quantizer's parameters are one-element float
     tensors on ``x``'s device (what the quantizer modules hold); ``None`` otherwise."""
     if (not x.is_contiguous() or x.dtype not in _DTYPES or x.numel() == 0
-            or x.numel() >= 2 ** 31):
+            or x.numel() >= _limits.INT32):
         return None
     # uniform only: with the log2 quantizer this kernel measured slower than the general one
     # in bf16 (P @ v of ViT-H: 0.62 vs 0.20 ms per op, benchmarks/RESULTS.md)
@@ -330,6 +339,8 @@ def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None, *,
         return fake_quant_linear(x, weight, bias, None if quant is None else scale, zero, qmax,
                                  strategy="prequant")
     out = torch.empty(x2.shape[0], n, device=x.device, dtype=x.dtype)
+    # the kernel reads the bias with unit stride
+    bias = None if bias is None else bias.contiguous()
     _launch(x2[None, None], weight.t()[None, None], bias, out[None, None], quant, None,
             "large", precision, config)
     return out.reshape(*x.shape[:-1], n)

@@ -205,6 +205,9 @@ def gram_update(x: torch.Tensor, ata: torch.Tensor, atx: torch.Tensor, colsum: t
         s_t = z_t = ata  # unused
         s_stride = 0
     cfg = launch_config(n, d, x.device, bt, bk, split)
+    if cfg["split"] > 1 and cfg["split"] * 2 * (d + 1) ** 2 >= _limits.INT32:
+        # the split workspace's offsets are 32-bit (only an explicit split gets this far)
+        return reference.gram_update(x, ata, atx, colsum, scale, zero, qmax)
     pairs = _pairs(cfg["t"], x.device)
     grid = (pairs.numel() // 2, cfg["split"])
     accum = cfg["split"] == 1

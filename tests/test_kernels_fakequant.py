@@ -103,6 +103,7 @@ def test_exact_ties_round_half_to_even():
     (65, 70, True, None, "fused"),
     (65, 33, True, "per_tensor", "prequant"),
     (40, 70, True, "per_tensor", "prequant_triton"),
+    (65, 33, "strided", "per_tensor", "fused"),  # a bias view with stride 2
 ])
 def test_linear_matches_reference(k, n, with_bias, quant, strategy):
     x = torch.randn(2, 197, k) * 2
@@ -110,6 +111,8 @@ def test_linear_matches_reference(k, n, with_bias, quant, strategy):
     w = torch.randn(n, k) * torch.logspace(-3, 3, k)[None, :]
     w = ref.fake_quant(w, w.abs().amax(1, keepdim=True) / 7, 8.0, 15)  # on a 4-bit grid
     bias = torch.randn(n) if with_bias else None
+    if with_bias == "strided":
+        bias = torch.randn(2 * n)[::2]
     qargs = (0.21, 6.5, 15) if quant else (None, None, None)
     out = fq.fake_quant_linear(x, w, bias, *qargs, strategy=strategy)
     assert out.shape == (2, 197, n) and out.dtype == torch.float32

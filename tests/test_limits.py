@@ -86,6 +86,13 @@ def test_gram_and_rounding_past_the_limits(monkeypatch):
     spy = Spy(monkeypatch, "gram_update")
     G.gram_update(x, *acc)
     assert spy.calls == 1
+    # (D + 1 + pad)^2 fits, 64 splits' workspace (64 x 2 (D + 1)^2) does not
+    monkeypatch.setattr(_limits, "INT32", 50_000)
+    x = torch.randn(64 * 32, 20)
+    G.gram_update(x, *acc)
+    assert spy.calls == 1
+    G.gram_update(x, *acc, split=64)
+    assert spy.calls == 2
     monkeypatch.setattr(_limits, "MAX_GRID_YZ", 1)
     e = torch.rand(2, 4, 8) - 0.5
     c = torch.eye(8).expand(2, 8, 8).contiguous()
@@ -104,9 +111,15 @@ def test_fake_quant_past_the_limits(monkeypatch):
     w = torch.randn(16, 24)
     want_fused = fq.fake_quant_linear(x, w, None, s, z, 15, strategy="prequant")
     monkeypatch.setattr(_limits, "INT32", 500)
+    spy = Spy(monkeypatch, "fake_quant")
     for t in (x, x.mT, x.bfloat16()):
-        assert torch.equal(fq.fake_quant_tensor(t, quant),
-                           reference.fake_quant(t.float(), s, z, 15).to(t.dtype))
+        got = fq.fake_quant_tensor(t, quant)
+        assert got.is_contiguous() and got.dtype == t.dtype
+        assert torch.equal(got, spy.fn(t.float(), s, z, 15).to(t.dtype))
+    assert spy.calls == 3  # every case went to the reference, the flat kernel's inputs too
+    monkeypatch.setattr(reference, "fake_quant", spy.fn)
+    with pytest.raises(ValueError, match="log2 quantizer supports"):  # still validated
+        fq.fake_quant_tensor(x.abs(), ("log2", torch.tensor(1.0), 12))
     log2 = ("log2", torch.tensor(1.0), 4)
     assert torch.equal(fq.fake_quant_tensor(x.abs(), log2),
                        reference.fake_quant_log2(x.abs(), log2[1], 4))
