@@ -25,8 +25,13 @@ def span(t: torch.Tensor, dims: int | None = None) -> int:
 
 
 def matrix_span(t: torch.Tensor) -> int:
-    """:func:`span` of one matrix (the last two dims) of ``t``."""
-    return span(t, 2)
+    """:func:`span` of one matrix (the last two dims) of ``t`` (written out: the batched GEMM
+    checks its four operands at every call)."""
+    if t.dim() < 2:
+        return span(t)
+    n0, n1 = t.shape[-2:]
+    s0, s1 = t.stride()[-2:]
+    return max(n0 - 1, 0) * abs(s0) + max(n1 - 1, 0) * abs(s1)
 
 
 def linalg_fits(batch: int, n: int, *widths: int, tensors=()) -> bool:

@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 from . import _dispatch, reference
-from ._limits import INT32, matrix_span
+from . import _limits
 from .cholesky import (PREC, _chol_diag_kernel, _factor_block, _fits, _fp32, _lam_vec,
                        _load_sym, _solve_right)
 
@@ -212,12 +212,23 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, alpha: float = 1
     if add is not None and accumulate:
         raise ValueError("bmm: add and accumulate exclude each other")
     d = out if add is None else add
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
-    _bmm_kernel[grid](a, b, out, d, m, n, k, float(alpha), *a.stride(), *b.stride(),
-                      *out.stride(), *d.stride(),
-                      TRI=tri, MASK_TRI=not (zero_half and CLEAN_TRI), LOWER_C=lower_out,
-                      ACC=accumulate or add is not None, BM=bm, BN=bn, BK=bk,
-                      PREC_=precision or PREC, num_warps=warps, num_stages=stages)
+    # offsets within a matrix are 32-bit (the library's callers stay far below: _limits)
+    span = max(_limits.matrix_span(a), _limits.matrix_span(b), _limits.matrix_span(out),
+               _limits.matrix_span(d))
+    if span >= _limits.INT32:
+        raise ValueError("bmm: a matrix spans 2^31 elements or more, past the kernel's 32-bit "
+                         "offsets")
+    step = _limits.MAX_GRID_YZ  # the batch is a grid axis of at most 65535 programs
+    for b0 in range(0, batch, step):
+        aa, bb, oo, dd = a, b, out, d
+        if batch > step:
+            aa, bb, oo, dd = (t[b0:b0 + step] for t in (a, b, out, d))
+        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), aa.shape[0])
+        _bmm_kernel[grid](aa, bb, oo, dd, m, n, k, float(alpha), *aa.stride(), *bb.stride(),
+                          *oo.stride(), *dd.stride(),
+                          TRI=tri, MASK_TRI=not (zero_half and CLEAN_TRI), LOWER_C=lower_out,
+                          ACC=accumulate or add is not None, BM=bm, BN=bn, BK=bk,
+                          PREC_=precision or PREC, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -510,7 +521,8 @@ def solve_with_inverse(linv: torch.Tensor, b: torch.Tensor, *, tile: tuple | Non
     bt = b.mT
     # _bmm_kernel's offsets within a matrix are int32 (a row stride that spans the batch,
     # e.g. a transposed (n, batch, o) tensor, could overflow them)
-    if (copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1)) or matrix_span(b) >= INT32:
+    if ((copy_b and (b.stride(-2) % 64 or b.stride(-1) != 1))
+            or _limits.matrix_span(b) >= _limits.INT32):
         po = triton.cdiv(o, 64) * 64
         bc = torch.empty((batch, n, po), dtype=torch.float32, device=b.device)[..., :o]
         bc.copy_(b)

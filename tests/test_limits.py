@@ -130,3 +130,18 @@ def test_fake_quant_past_the_limits(monkeypatch):
     a, b = torch.randn(2, 3, 20, 12), torch.randn(2, 3, 12, 20)
     want = fq.fake_quant_matmul(a, b, quant, quant, strategy="prequant")
     assert torch.equal(fq.fake_quant_matmul(a, b, quant, quant, strategy="fused"), want)
+
+
+def test_bmm_chunks_the_batch_and_refuses_wide_matrices(monkeypatch):
+    """cholesky_rec.bmm, public on its own: a batch past the grid axis runs in chunks, a matrix
+    past 32-bit offsets is refused."""
+    a, b = torch.randn(5, 70, 40), torch.randn(5, 40, 30)
+    want = torch.zeros(5, 70, 30)
+    R.bmm(a, b, want)
+    monkeypatch.setattr(_limits, "MAX_GRID_YZ", 2)
+    got = torch.zeros(5, 70, 30)
+    R.bmm(a, b, got)
+    assert torch.equal(got, want)
+    monkeypatch.setattr(_limits, "INT32", 2000)
+    with pytest.raises(ValueError, match="32-bit"):
+        R.bmm(a, b, got)
