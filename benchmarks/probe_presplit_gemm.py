@@ -11,8 +11,10 @@ in flight: ``pendings = 3`` in the TTGIR, against 0 for ``tf32x3``), flushed int
 accumulator every ``--chunks`` columns of K: longer chains inside the tensor cores, which
 Hopper does not accumulate like fp32 (``results/probe_split_tf32.txt``), so the error is the
 question. Each
-variant against Triton's own ``tf32x3`` on the unsplit operands, same tile, same run; errors
-against fp64. Prototype, not used by the package.
+variant against Triton's own ``tf32x3`` on the unsplit operands (the GEMM of
+``probe_gemm_prec.py``), same tile, same run; errors against fp64. Prototype, not used by the
+package. (``results/probe_presplit_gemm.txt`` came from commit a2296a6, whose baseline was the
+same ``tf32x3`` loop inside this file's kernel.)
 
     python benchmarks/probe_presplit_gemm.py [--out DIR] [--shapes 4096x4096x4096 15363x5121x5121]
         [--tiles 128,128,32,8,3 ...] [--chunks 256 1024 0]
@@ -26,48 +28,39 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from probe_gemm_prec import launch  # its tf32x3 GEMM is the baseline (benchmarks/ on the path)
 
 
 @triton.jit
-def _gemm_kernel(AH, AL, BH, BL, C, M, N, K, CHUNK, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
-    """``C = A B``. SPLIT: from the split halves, the three products in three accumulators
-    chained inside the tensor cores over CHUNK columns of K, then added to the fp32 accumulator
-    (each product a loop-carried accumulator, so Triton keeps the ``wgmma``s in flight); else
-    ``tf32x3`` on ``AH`` and ``BH`` holding the unsplit operands."""
+def _gemm_split_kernel(AH, AL, BH, BL, C, M, N, K, CHUNK, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """``C = A B`` from the split halves: the three products in three accumulators chained
+    inside the tensor cores over CHUNK columns of K, then added to the fp32 accumulator (each
+    product a loop-carried accumulator, so Triton keeps the ``wgmma``s in flight)."""
     pm = tl.program_id(0)
     pn = tl.program_id(1)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros([BM, BN], tl.float32)
-    if SPLIT:
-        for c0 in range(0, K, CHUNK):
-            p1 = tl.zeros([BM, BN], tl.float32)
-            p2 = tl.zeros([BM, BN], tl.float32)
-            p3 = tl.zeros([BM, BN], tl.float32)
-            for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BK):
-                kk = k0 + rk
-                am = (rm[:, None] < M) & (kk[None, :] < K)
-                bm = (kk[:, None] < K) & (rn[None, :] < N)
-                pa = rm[:, None] * s_am + kk[None, :] * s_ak
-                pb = kk[:, None] * s_bk + rn[None, :] * s_bn
-                ah = tl.load(AH + pa, mask=am, other=0.0)
-                al = tl.load(AL + pa, mask=am, other=0.0)
-                bh = tl.load(BH + pb, mask=bm, other=0.0)
-                bl = tl.load(BL + pb, mask=bm, other=0.0)
-                p1 = tl.dot(al, bh, p1, input_precision="tf32")
-                p2 = tl.dot(ah, bl, p2, input_precision="tf32")
-                p3 = tl.dot(ah, bh, p3, input_precision="tf32")
-            acc += p3 + (p1 + p2)
-    else:
-        for k0 in range(0, K, BK):
+    for c0 in range(0, K, CHUNK):
+        p1 = tl.zeros([BM, BN], tl.float32)
+        p2 = tl.zeros([BM, BN], tl.float32)
+        p3 = tl.zeros([BM, BN], tl.float32)
+        for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BK):
             kk = k0 + rk
             am = (rm[:, None] < M) & (kk[None, :] < K)
             bm = (kk[:, None] < K) & (rn[None, :] < N)
-            a = tl.load(AH + rm[:, None] * s_am + kk[None, :] * s_ak, mask=am, other=0.0)
-            b = tl.load(BH + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=bm, other=0.0)
-            acc = tl.dot(a, b, acc, input_precision="tf32x3")
+            pa = rm[:, None] * s_am + kk[None, :] * s_ak
+            pb = kk[:, None] * s_bk + rn[None, :] * s_bn
+            ah = tl.load(AH + pa, mask=am, other=0.0)
+            al = tl.load(AL + pa, mask=am, other=0.0)
+            bh = tl.load(BH + pb, mask=bm, other=0.0)
+            bl = tl.load(BL + pb, mask=bm, other=0.0)
+            p1 = tl.dot(al, bh, p1, input_precision="tf32")
+            p2 = tl.dot(ah, bl, p2, input_precision="tf32")
+            p3 = tl.dot(ah, bh, p3, input_precision="tf32")
+        acc += p3 + (p1 + p2)
     tl.store(C + rm[:, None] * s_cm + rn[None, :] * s_cn, acc,
              mask=(rm[:, None] < M) & (rn[None, :] < N))
 
@@ -79,18 +72,18 @@ def split(x: torch.Tensor):
 
 
 def run(a, b, c, tile, split_parts=None, chunk=0):
-    """``chunk``: K columns per flush into fp32 (0: all of K)."""
+    """``C = A B``: Triton's ``tf32x3`` (``probe_gemm_prec.py``'s GEMM) without
+    ``split_parts``, else the split kernel, ``chunk`` K columns per flush into fp32 (0: all)."""
+    if split_parts is None:
+        launch(a[None], b[None], c[None], tile, "tf32x3")
+        return c
     bm, bn, bk, warps, stages = tile
     m, k = a.shape
     n = b.shape[1]
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    if split_parts is None:
-        args = (a, a, b, b)
-    else:
-        args = (*split_parts[0], *split_parts[1])
-    _gemm_kernel[grid](*args, c, m, n, k, chunk or k, *a.stride(), *b.stride(), *c.stride(),
-                       BM=bm, BN=bn, BK=bk, SPLIT=split_parts is not None, num_warps=warps,
-                       num_stages=stages)
+    _gemm_split_kernel[grid](*split_parts[0], *split_parts[1], c, m, n, k, chunk or k,
+                             *a.stride(), *b.stride(), *c.stride(), BM=bm, BN=bn, BK=bk,
+                             num_warps=warps, num_stages=stages)
     return c
 
 

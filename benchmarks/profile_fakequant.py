@@ -53,11 +53,8 @@ def jit_launch(fn):
     """``fn`` with the one-pass quantizer launched through Triton's JIT, not the cached launch
     of ``erq_kernels/_launch.py`` (the library's launch before stop 24)."""
     def run():
-        prev, _launch._SUPPORTED = _launch._SUPPORTED, False
-        try:
+        with _launch.jit_launches():
             return fn()
-        finally:
-            _launch._SUPPORTED = prev
     return run
 
 

@@ -18,6 +18,7 @@ the cache off for such work).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import threading
@@ -48,6 +49,17 @@ def supported() -> bool:
                 ok = False
         _SUPPORTED = ok
     return _SUPPORTED
+
+
+@contextlib.contextmanager
+def jit_launches():
+    """Within the block every launch goes through Triton's JIT (for comparisons and tests)."""
+    global _SUPPORTED
+    prev, _SUPPORTED = _SUPPORTED, False
+    try:
+        yield
+    finally:
+        _SUPPORTED = prev
 
 
 def align_key(*values) -> tuple:

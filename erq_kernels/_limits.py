@@ -17,11 +17,9 @@ MAX_GRID_YZ = 65535
 _PAD = 192
 
 
-def span(t: torch.Tensor, dims: int | None = None) -> int:
-    """Elements from the first to the last element of ``t`` (of one matrix of it: the last
-    ``dims`` dimensions)."""
-    shape, stride = (t.shape, t.stride()) if dims is None else (t.shape[-dims:], t.stride()[-dims:])
-    return sum((size - 1) * abs(st) for size, st in zip(shape, stride) if size > 0)
+def span(t: torch.Tensor) -> int:
+    """Elements from the first to the last element of ``t``."""
+    return sum((size - 1) * abs(st) for size, st in zip(t.shape, t.stride()) if size > 0)
 
 
 def matrix_span(t: torch.Tensor) -> int:

@@ -27,6 +27,10 @@ def test_interpreter_always_goes_through_the_jit(monkeypatch):
         pytest.skip("checks the CPU test setup")
     monkeypatch.setattr(L, "_SUPPORTED", None)
     assert not L.supported()  # TRITON_INTERPRET=1 (conftest)
+    monkeypatch.setattr(L, "_SUPPORTED", True)
+    with L.jit_launches():
+        assert not L.supported()
+    assert L.supported()  # restored
 
 
 @pytest.mark.gpu
@@ -47,9 +51,8 @@ def test_gpu_cached_launch_gives_the_jit_bits(monkeypatch):
         quant = ("uniform", s, z, 15.0)
         for x in (base, base[1:], base[:4099], base[5:5 + 16 * 33], base[:1]):
             got = [fq.fake_quant_tensor(x, quant) for _ in range(3)]
-            monkeypatch.setattr(L, "_SUPPORTED", False)
-            want = fq.fake_quant_tensor(x, quant)
-            monkeypatch.setattr(L, "_SUPPORTED", True)
+            with L.jit_launches():
+                want = fq.fake_quant_tensor(x, quant)
             for g in got:
                 assert torch.equal(g, want), (dtype, x.numel())
             ref = reference.fake_quant(x.float(), s.float(), z.float(), 15.0).to(dtype)
@@ -65,9 +68,8 @@ def test_gpu_cached_launch_gives_the_jit_bits(monkeypatch):
              (x.bfloat16().transpose(1, 2), ("uniform", 0.05, 7.0, 15))]
     for t, quant in cases:
         got = [fq.fake_quant_tensor(t, quant) for _ in range(3)]
-        monkeypatch.setattr(L, "_SUPPORTED", False)
-        want = fq.fake_quant_tensor(t, quant)
-        monkeypatch.setattr(L, "_SUPPORTED", True)
+        with L.jit_launches():
+            want = fq.fake_quant_tensor(t, quant)
         assert all(torch.equal(g, want) for g in got), quant[0]
     assert len(fq._TENSOR_LAUNCH.compiled) >= len(cases)
     # the autotuned fused GEMM: the config the tuner chose, reused by the cached launch
@@ -82,8 +84,7 @@ def test_gpu_cached_launch_gives_the_jit_bits(monkeypatch):
                 lambda: fq.fake_quant_linear(x, w, bias, uq[1], uq[2], 15, strategy="fused"))
         for run in runs:
             got = [run() for _ in range(3)]
-            monkeypatch.setattr(L, "_SUPPORTED", False)
-            want = run()
-            monkeypatch.setattr(L, "_SUPPORTED", True)
+            with L.jit_launches():
+                want = run()
             assert all(torch.equal(g, want) for g in got), dtype
     assert sum(len(launch.compiled) for launch in fq._TUNED.values()) >= 4
