@@ -14,6 +14,9 @@ every strategy), then times every linear layer of ViT-B (M = 197 x 32 tokens) an
 * ``reference``: eager ``reference.fake_quant`` then ``F.linear`` / ``torch.matmul``; fp32
   GEMMs with ``allow_tf32=False`` (IEEE SGEMM), so both sides are fp32-class (the fused fp32
   products are tf32x3).
+* ``int8`` (16-bit linear layers): :func:`erq_kernels.int8_linear.int8_linear`, integer
+  codes on the int8 tensor cores (``qkv`` and ``fc1`` with two weight column groups, as dual
+  uniform quantization makes them).
 * ``gemm_only`` (information): the eager GEMM on operands quantized beforehand.
 
 Quantizer parameters are 0-d CUDA tensors, as quantizer modules hold them (eager then divides
@@ -99,13 +102,30 @@ def act_quant(x, bits=4, frac=0.3):
     return scale, torch.round(-lo / scale) + frac, 2 ** bits - 1
 
 
-def weight_on_grid(n, k, dtype, gen, bits=4):
-    """Per-output-channel 4-bit weights, dequantized (what the fused linear receives)."""
-    from erq_kernels import reference as ref
+def weight_on_grid(n, k, dtype, gen, bits=4, dual=False):
+    """Per-output-channel 4-bit weights, dequantized (what the fused linear receives), and the
+    same weight packed for the int8 layer. ``dual``: ``n // 20`` random columns form a second
+    group with its own range per row (dual uniform quantization)."""
+    from erq_kernels import int8_linear, reference as ref
     w = torch.randn(n, k, device=DEV, generator=gen) / k ** 0.5
-    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
-    s = (hi - lo) / (2 ** bits - 1)
-    return ref.fake_quant(w, s, torch.round(-lo / s), 2 ** bits - 1).to(dtype)
+    group = torch.zeros(k, dtype=torch.long, device=DEV)
+    if dual:
+        # own generator: the caller's random stream stays what it was without groups
+        cols = torch.randperm(k, device=DEV, generator=torch.Generator(device=DEV).manual_seed(k))
+        group[cols[:min(n // 20, k - 1)]] = 1
+        w = w * torch.where(group == 1, 4.0, 1.0)  # outlier columns
+    scales, zeros = [], []
+    for g in range(2 if dual else 1):
+        wg = torch.where(group == g, w, float("nan"))
+        lo = wg.nan_to_num(float("inf")).amin(1).clamp(max=0.0)
+        hi = wg.nan_to_num(float("-inf")).amax(1).clamp(min=0.0)
+        scales.append((hi - lo) / (2 ** bits - 1))
+        zeros.append(torch.round(-lo / scales[-1]))
+    s, z = torch.stack(scales)[group].T, torch.stack(zeros)[group].T
+    wq = ref.fake_quant(w, s, z, 2 ** bits - 1)
+    levels = torch.round(wq / s)
+    packed = int8_linear.pack_weight(levels, torch.stack(scales), group if dual else None)
+    return wq.to(dtype), packed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +185,7 @@ def check_correctness() -> bool:
     compare("fp32 log2", p, ("log2", ps, 4), ref.fake_quant_log2(p, torch.tensor(ps, device=DEV), 4))
 
     # Products: fp64 residuals of the identical quantized operands.
-    w = weight_on_grid(333, k, torch.float32, gen)
+    w, packed = weight_on_grid(333, k, torch.float32, gen, dual=True)
     bias = torch.randn(333, device=DEV, generator=gen)
     exact32 = expected.double() @ w.double().T + bias.double()
     xqb = ref.fake_quant(xb.float(), st, zt, qmax).bfloat16()
@@ -187,7 +207,26 @@ def check_correctness() -> bool:
         ok &= max(e32, e_qk, e_pv) < 1e-6 and e16 < 1e-2
         log(f"check residuals vs fp64 ({strategy}): linear fp32 {e32:.2e}, bf16 {e16:.2e}; "
             f"fp32 q@k^T {e_qk:.2e}, P@v {e_pv:.2e}")
+    # int8: its activation values bit for bit, its result against its fp64 definition, and
+    # against the fake-quant product (fractional zero point: clamped values rounded to 1/mult)
+    from erq_kernels import int8_linear as il
+    v_ref = il.act_values_reference(xb.float(), packed, st, zt, qmax, il.act_mult(qmax))
+    lin = il.int8_linear(xb, packed, bias.bfloat16(), st, zt, qmax)
+    e_def = relerr(lin, il.int8_linear_reference(xb, packed, bias.bfloat16(), st, zt, qmax).double())
+    e_fq = relerr(lin, exact16)
+    v = torch.empty_like(v_ref)
+    il.int8_codes_kernel[(triton_cdiv(m, 64), triton_cdiv(v.shape[1], 128))](
+        xb, v, packed.perm, m, k, v.shape[1], xb.stride(0), st.reshape(1), zt.reshape(1),
+        float(qmax), float(il.act_mult(qmax)), PERM=True, FAST_DIV=DEV == "cuda", BM=64, BK=128)
+    v_bad = (v != v_ref).sum().item()
+    ok &= v_bad == 0 and e_def < 4e-3 and e_fq < 1e-2
+    log(f"check int8 linear (bf16): {v_bad} of {v.numel()} int8 values differ; residual vs its "
+        f"fp64 definition {e_def:.2e}, vs the fake-quant product {e_fq:.2e}")
     return ok
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,12 +237,17 @@ def time_linear(model, layer, m, k, n, dname, gen):
     from erq_kernels import fakequant as fq, reference as ref
     dtype = DTYPES[dname]
     x = (torch.randn(m, k, device=DEV, generator=gen) * 1.5).to(dtype)
-    w = weight_on_grid(n, k, dtype, gen)
+    w, packed = weight_on_grid(n, k, dtype, gen, dual=layer in ("qkv", "fc1"))
     bias = (torch.randn(n, device=DEV, generator=gen) * 0.1).to(dtype)
     s, z, qmax = act_quant(x)
     xq = ref.fake_quant(x, s, z, qmax)
     fns = {f"triton:{st}": (lambda st=st: fq.fake_quant_linear(x, w, bias, s, z, qmax, strategy=st))
            for st in fq.STRATEGIES}
+    if dtype != torch.float32:
+        from erq_kernels import int8_linear
+        fns["int8"] = lambda: int8_linear.int8_linear(x, packed, bias, s, z, qmax)
+        s1, z1 = s.reshape(1), z.reshape(1)  # (information: its activation pass alone)
+        fns["int8_values"] = lambda: int8_linear.act_values(x, packed, s1, z1, qmax, 8)
     fns["reference"] = lambda: F.linear(ref.fake_quant(x, s, z, qmax), w, bias)
     fns["gemm_only"] = lambda: F.linear(xq, w, bias)
     # fp64 reference on the kernel's quantized operand (fp32 quantization of x).
@@ -211,7 +255,9 @@ def time_linear(model, layer, m, k, n, dname, gen):
     exact = xq32.double() @ w.double().T + bias.double()
     res = {}
     for name, fn in fns.items():
-        res[name] = {"ms": bench(fn), "error": relerr(fn(), exact)}
+        out = fn()
+        err = relerr(out, exact) if out.shape == exact.shape else float("nan")
+        res[name] = {"ms": bench(fn), "error": err}
     del exact
     return res, 2.0 * m * n * k, {"model": model, "layer": layer, "m": m, "k": k, "n": n}
 
@@ -260,10 +306,11 @@ def write_dispatch(records: list[dict]) -> None:
         # The Triton backend runs its default strategy for the op, dtype and quantizer.
         a_quant = ("log2",) if r["shape"].get("matmul") == "P@v" else None
         default = fq.default_strategy(r["op"].split("_")[-1], DTYPES[r["dtype"]], a_quant)
-        if r["backend"] not in (f"triton:{default}", "reference"):
+        if r["backend"] not in (f"triton:{default}", "reference", "int8"):
             continue
-        # The eager path wins a shape only by more than the timing noise (3 %).
-        ms = r["ms"] * (NOISE if r["backend"] == "reference" else 1.0)
+        # The eager path and the int8 layer win a shape from the default strategy only by more
+        # than the timing noise (3 %).
+        ms = r["ms"] * (NOISE if r["backend"] in ("reference", "int8") else 1.0)
         r = {**r, "backend": r["backend"].split(":")[0], "ms": ms}
         key = (r["op"], json.dumps(r["shape"], sort_keys=True), r["dtype"])
         if key not in best or r["ms"] < best[key]["ms"]:
@@ -275,7 +322,8 @@ def write_dispatch(records: list[dict]) -> None:
             rec = {"batch": sh["m"], "n": sh["n"], "k": sh["k"]}
         else:
             rec = {"batch": sh["b"] * sh["h"], "n": sh["n"], "nrhs": sh["m"], "k": sh["k"]}
-        entries[op].append({**rec, "dtype": dtype, "backend": r["backend"]})
+        entries[op].append({**rec, "dtype": dtype, "bits": 8 * DTYPES[dtype].itemsize,
+                            "backend": r["backend"]})
     for op, new in entries.items():  # measured shapes replace their old records, others stay
         same = lambda a, b: all(a.get(f) == b.get(f) for f in ("batch", "n", "k", "nrhs", "dtype"))  # noqa: E731
         keep = [old for old in table.get(op, []) if not any(same(old, rec) for rec in new)]
@@ -292,6 +340,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="ViT-B shapes only")
     ap.add_argument("--models", nargs="+", choices=("vit_b", "vit_h", "vit_b_eval"),
                     help="shape sets to time (default: all; --quick: vit_b)")
+    ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["bf16", "fp32"])
+    ap.add_argument("--linear-only", action="store_true", help="skip the attention matmuls")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, tiny shapes, TRITON_INTERPRET=1: exercises the script only")
     args = ap.parse_args()
@@ -336,19 +386,19 @@ def main():
 
     gen = torch.Generator(device=DEV).manual_seed(0)
     models = args.models or (("vit_b",) if args.quick else ("vit_b", "vit_h", "vit_b_eval"))
-    for dname in ("bf16", "fp32"):
+    for dname in args.dtypes:
         for model, layer, m, k, n in LINEAR:
             if model in models:
                 add("fake_quant_linear", dname, *time_linear(model, layer, m, k, n, dname, gen))
                 release()
         for model, b, h, t, d in ATTENTION:
-            if model in models:
+            if model in models and not args.linear_only:
                 for which in ("qk", "pv"):
                     add("fake_quant_matmul", dname, *time_attention(model, b, h, t, d, which, dname, gen))
                     release()
 
-    names = [f"triton:{st}" for st in fq.STRATEGIES] + ["reference", "gemm_only"]
-    print("\nms (speed-up over eager 'reference'); TFLOP/s of the best Triton strategy; "
+    names = [f"triton:{st}" for st in fq.STRATEGIES] + ["int8", "reference", "gemm_only"]
+    print("\nms (speed-up over eager 'reference'); TFLOP/s (int8: TOPS) of the best Triton path; "
           f"{card}\n{'op':8s} {'dtype':5s} {'shape':34s} " +
           " ".join(f"{n.replace('triton:', ''):>17s}" for n in names) + "  TFLOP/s")
     for op, shape, dname, res, flop in rows:
@@ -356,13 +406,17 @@ def main():
               if op == "fake_quant_linear" else
               f"{shape['model']} {shape['matmul']} {shape['b']}x{shape['h']}x{shape['m']}x{shape['k']}x{shape['n']}")
         eager = res["reference"]["ms"]
-        best = min(res[n]["ms"] for n in names[:3])
+        best = min(res[n]["ms"] for n in names[:4] if n in res)
         print(f"{op.split('_')[-1]:8s} {dname:5s} {sh:34s} " + " ".join(
-            f"{res[n]['ms']:8.3f} ({eager / res[n]['ms']:5.2f}x)" for n in names) +
-            f"  {flop / best / 1e9:6.1f}", flush=True)
+            f"{res[n]['ms']:8.3f} ({eager / res[n]['ms']:5.2f}x)" if n in res else f"{'-':>17s}"
+            for n in names) + f"  {flop / best / 1e9:6.1f}", flush=True)
     for kind, launch in fq._TUNED.items():
         for key, cfg in getattr(launch.tuner, "cache", {}).items():
             log(f"tuned {kind} {key}: {cfg}")
+    from erq_kernels import int8_linear
+    if int8_linear._TUNER is not None:
+        for key, cfg in getattr(int8_linear._TUNER.tuner, "cache", {}).items():
+            log(f"tuned int8 {key}: {cfg}")
     log(f"wrote {out_file}; correctness {'OK' if ok else 'FAILED'}")
     if args.write_dispatch:
         write_dispatch(records)

@@ -26,8 +26,42 @@ class QuantLinear(nn.Linear):
         iq = self.input_quant
         if iq is None or iq.calibrating or not iq.enabled or iq.per_channel or not x.is_cuda:
             return F.linear(iq(x) if iq is not None else x, self.weight, self.bias)
+        packed = self.int8_weight() if x.dtype != torch.float32 and iq.n_bits <= 7 else None
         return erq_kernels.fake_quant_linear(
-            x, self.weight, self.bias, iq.scale.to(x.dtype), iq.zero.to(x.dtype), iq.qmax)
+            x, self.weight, self.bias, iq.scale.to(x.dtype), iq.zero.to(x.dtype), iq.qmax,
+            packed=packed)
+
+    @torch.no_grad()
+    def int8_weight(self):
+        """The weight packed for the int8 backend of ``erq_kernels.fake_quant_linear``
+        (:func:`erq_kernels.pack_int8_weight`), or ``None`` where it has no int8 form: the
+        weight is not its quantizer's grid values (rounded to its dtype), or a level needs more
+        than int8. Rebuilt, with one host synchronization, when the weight or the quantizer's
+        tensors change (by version counter; an edit through ``.data`` is not seen)."""
+        wq = self.weight_quant
+        tensors = (self.weight, wq.scale, wq.zero, wq.group)
+        key = tuple((t.data_ptr(), t.dtype, _version(t)) for t in tensors)
+        hit = self.__dict__.get("_int8_cache")
+        if hit is not None and hit[0] == key and None not in (k[2] for k in key):
+            return hit[1]
+        w = self.weight.detach()
+        w32 = w.flatten(1).float()
+        codes = wq.codes(w32)
+        packed = None
+        if bool(wq.calibrated) and torch.equal(wq.dequantize(codes).to(w.dtype), w.flatten(1)):
+            levels = codes.float() - wq.maps()[1]
+            if bool((levels.abs() <= 127).all()):
+                packed = erq_kernels.pack_int8_weight(levels, wq.scale,
+                                                      wq.group if wq.dual else None)
+        self.__dict__["_int8_cache"] = (key, packed)
+        return packed
+
+
+def _version(t: torch.Tensor):
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter: never cached
+        return None
 
 
 class QuantConv2d(nn.Conv2d):

@@ -18,7 +18,7 @@ from ._dispatch import choose as backend_for, prefer
 __all__ = [
     "cholesky", "solve_triangular", "triangular_inverse", "ridge_solve",
     "inverse_cholesky_upper", "gram_update", "gram_prepare", "fake_quant", "fake_quant_log2",
-    "fake_quant_linear", "fake_quant_matmul", "rounding_refine", "backend_for", "prefer", "reference", "LINALG_OPS",
+    "fake_quant_linear", "pack_int8_weight", "fake_quant_matmul", "rounding_refine", "backend_for", "prefer", "reference", "LINALG_OPS",
     "HAS_TRITON",
 ]
 
@@ -118,11 +118,24 @@ def gram_prepare(zeros) -> None:
         gram_int8.prime([z for z in zeros if isinstance(z, torch.Tensor) and z.is_cuda])
 
 
-def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None):
-    """``fake_quant(x) @ weight.T + bias``. See :func:`reference.fake_quant_linear`."""
+def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None, packed=None):
+    """``fake_quant(x) @ weight.T + bias``. See :func:`reference.fake_quant_linear`.
+
+    ``packed``: optionally the same weight packed by :func:`pack_int8_weight`; where the
+    measured table picks the ``int8`` backend for the shape (16-bit ``x`` only) the layer then
+    runs on the int8 tensor cores (:mod:`erq_kernels.int8_linear`)."""
     fn = _dispatch.implementation("fake_quant_linear", x.device,
-                                  {"n": weight.shape[0], "batch": x.numel() // x.shape[-1]})
+                                  {"n": weight.shape[0], "batch": x.numel() // x.shape[-1],
+                                   "k": x.shape[-1], "bits": 8 * x.element_size()})
+    if packed is not None and getattr(fn, "takes_packed", False):
+        return fn(x, weight, bias, scale, zero, qmax, packed=packed)
     return fn(x, weight, bias, scale, zero, qmax)
+
+
+def pack_int8_weight(levels, scale, group=None):
+    """The weight of an int8 linear layer: see :func:`erq_kernels.int8_linear.pack_weight`."""
+    from .int8_linear import pack_weight
+    return pack_weight(levels, scale, group)
 
 
 def fake_quant_matmul(a, b, a_quant=None, b_quant=None):

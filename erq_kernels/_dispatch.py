@@ -10,7 +10,8 @@ Rules, in order:
    that op / every op that has it (``triton_rec``: the recursive Cholesky, ridge solve and
    inverse factor; ``*_graph``: those of ``triton`` / ``triton_rec`` replayed from a CUDA graph
    from the second call of a shape on; ``torch_loop``: the linear algebra; ``int8`` and
-   ``graph``: ``gram_update`` and ``gram_update_exact``) (``triton`` on CPU tensors needs
+   ``graph``: ``gram_update`` and ``gram_update_exact``; ``int8`` also: ``fake_quant_linear``
+   for 16-bit inputs with a packed weight) (``triton`` on CPU tensors needs
    ``TRITON_INTERPRET=1``; ``auto`` means the rules below).
 2. CPU tensors (or Triton not importable, or an op without a Triton version): ``reference``.
 3. CUDA tensors: the winner recorded in ``dispatch_table.json`` for the nearest measured shape

@@ -85,6 +85,18 @@ def _round_to(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def tile_order(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)`` of program ``pid`` in grouped order: GROUP_M row tiles share the
+    column tiles they stream (L2 reuse)."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_m = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % group_m, (pid % width) // group_m
+
+
+@triton.jit
 def _params(s, z, PARAM: tl.constexpr):
     """Per-tensor (s, 1/s, z) as scalars; pointers are read once."""
     if PARAM == 1:
@@ -112,16 +124,8 @@ def fq_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Batch index g = (g0, g1) = divmod(program_id(1), H); any strides."""
-    pid = tl.program_id(0)
+    pid_m, pid_n = tile_order(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
-    # Grouped tile order: GROUP_M row tiles share the B columns they stream (L2 reuse).
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_m = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_m
-    pid_n = (pid % width) // group_m
 
     g0 = (g // H).to(tl.int64)
     g1 = (g % H).to(tl.int64)

@@ -22,6 +22,10 @@ the H200 measurements in ``benchmarks/results/fakequant.json``):
 * ``"prequant_triton"``: the same pass, then the kernel above without quantizers (fp32:
   tf32x3 tensor-core products).
 
+16-bit linear layers have one more backend, the int8 tensor cores
+(:mod:`erq_kernels.int8_linear`), which ``erq_kernels.fake_quant_linear`` picks per shape from
+the dispatch table when the caller passes the packed weight.
+
 Launches: the one-pass quantizers and the autotuned fused GEMM are launched from their cached
 compiled kernels (:mod:`erq_kernels._launch`: 3-34 us less host time per call on the H200
 machine, the same bits), which matters where a layer's GPU work is tens of microseconds.
