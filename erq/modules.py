@@ -26,7 +26,8 @@ class QuantLinear(nn.Linear):
         iq = self.input_quant
         if iq is None or iq.calibrating or not iq.enabled or iq.per_channel or not x.is_cuda:
             return F.linear(iq(x) if iq is not None else x, self.weight, self.bias)
-        packed = self.int8_weight() if x.dtype != torch.float32 and iq.n_bits <= 7 else None
+        # the bound method: the weight is packed only if the dispatcher picks the int8 backend
+        packed = self.int8_weight if x.dtype != torch.float32 and iq.n_bits <= 7 else None
         return erq_kernels.fake_quant_linear(
             x, self.weight, self.bias, iq.scale.to(x.dtype), iq.zero.to(x.dtype), iq.qmax,
             packed=packed)

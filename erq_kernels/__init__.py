@@ -121,9 +121,10 @@ def gram_prepare(zeros) -> None:
 def fake_quant_linear(x, weight, bias, scale=None, zero=None, qmax=None, packed=None):
     """``fake_quant(x) @ weight.T + bias``. See :func:`reference.fake_quant_linear`.
 
-    ``packed``: optionally the same weight packed by :func:`pack_int8_weight`; where the
-    measured table picks the ``int8`` backend for the shape (16-bit ``x`` only) the layer then
-    runs on the int8 tensor cores (:mod:`erq_kernels.int8_linear`)."""
+    ``packed``: optionally the same weight packed by :func:`pack_int8_weight`, or a function
+    without arguments returning it (or ``None``), called only when needed; where the measured
+    table picks the ``int8`` backend for the shape (16-bit ``x`` only) the layer then runs on
+    the int8 tensor cores (:mod:`erq_kernels.int8_linear`)."""
     fn = _dispatch.implementation("fake_quant_linear", x.device,
                                   {"n": weight.shape[0], "batch": x.numel() // x.shape[-1],
                                    "k": x.shape[-1], "bits": 8 * x.element_size()})

@@ -275,12 +275,17 @@ def int8_linear(x, w: Int8Weight, bias, scale, zero, qmax, *, config=None) -> to
 
 def fake_quant_linear_int8(x, weight, bias, scale=None, zero=None, qmax=None, packed=None):
     """The ``"int8"`` backend of ``erq_kernels.fake_quant_linear``: :func:`int8_linear` where
-    the caller passes the packed weight and the layer has an int8 form (16-bit ``x``, a
-    per-tensor quantizer of at most 7 bits); the Triton fake-quant path otherwise."""
+    the caller passes the packed weight (or a function returning it, called here) and the layer
+    has an int8 form (16-bit ``x``, a per-tensor quantizer of at most 7 bits); the Triton
+    fake-quant path otherwise."""
     from .fakequant import fake_quant_linear
     if (packed is None or x.dtype == torch.float32 or scale is None or act_mult(qmax) is None
             or any(torch.is_tensor(t) and t.numel() != 1 for t in (scale, zero))):
         return fake_quant_linear(x, weight, bias, scale, zero, qmax)
+    if callable(packed):
+        packed = packed()
+        if packed is None:
+            return fake_quant_linear(x, weight, bias, scale, zero, qmax)
     return int8_linear(x, packed, bias, scale, zero, qmax)
 
 

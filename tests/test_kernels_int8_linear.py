@@ -47,11 +47,7 @@ def test_values_and_gemm(m, k, n, dual, z):
     st, zt = torch.tensor(s), torch.tensor(z)
     x = _x(m, k, s, z, qmax, torch.float32)
     v_ref = il.act_values_reference(x, w, st, zt, qmax, mult)
-    v = torch.empty_like(v_ref)
-    il.int8_codes_kernel[(-(-m // 32), -(-v.shape[1] // 64))](
-        x, v, w.perm if w.perm is not None else v, m, k, v.shape[1], x.stride(0), st.reshape(1),
-        zt.reshape(1), float(qmax), float(mult), PERM=w.perm is not None, FAST_DIV=False,
-        BM=32, BK=64)
+    v = il.act_values(x, w, st.reshape(1), zt.reshape(1), qmax, mult)
     assert torch.equal(v, v_ref)
     assert v.abs().max() <= 64  # the offset centres any zero point
     bias = torch.randn(n)
@@ -165,6 +161,11 @@ def test_backend_falls_back_without_int8_form(monkeypatch):
     assert torch.equal(y8, fq.fake_quant_linear(xb, wb, bias.bfloat16(), s, z, 255))
     y = erq_kernels.fake_quant_linear(xb, wb, bias.bfloat16(), s, z, 15, packed=w)
     assert torch.equal(y, il.int8_linear(xb, w, bias.bfloat16(), s, z, 15))
+    # a function returning the packed weight (what QuantLinear passes) is called when needed
+    assert torch.equal(erq_kernels.fake_quant_linear(xb, wb, bias.bfloat16(), s, z, 15,
+                                                     packed=lambda: w), y)
+    assert torch.equal(erq_kernels.fake_quant_linear(xb, wb, bias.bfloat16(), s, z, 15,
+                                                     packed=lambda: None), via_fq)
 
 
 def test_quant_linear_packs_its_grid():
