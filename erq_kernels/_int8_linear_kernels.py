@@ -26,34 +26,29 @@ def _codes(x, s_ptr, z_ptr, qmax, mult, valid, FAST_DIV: tl.constexpr):
 
 
 @triton.jit
-def int8_codes_kernel(x_ptr, v_ptr, perm_ptr, M, K, KP, stride_x, s_ptr, z_ptr, qmax, mult,
-                      PERM: tl.constexpr, FAST_DIV: tl.constexpr,
-                      BM: tl.constexpr, BK: tl.constexpr):
-    """``v[m, j] = _codes(x[m, perm[j]])`` as int8 for packed column ``j`` (source column
-    ``perm[j]``, or ``j`` without PERM; 0 for padding); one program per ``BM x BK`` tile."""
+def int8_codes_kernel(x_ptr, v_ptr, M, K, KP, stride_x, s_ptr, z_ptr, qmax, mult,
+                      FAST_DIV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """``v[m, j] = _codes(x[m, j])`` as int8 (0 for the padding ``j >= K``), one program per
+    ``BM x BK`` tile: the contiguous layout of a weight in one group."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BK + tl.arange(0, BK)
     row_ok = rows < M
-    col_ok = cols < KP
-    if PERM:
-        src = tl.load(perm_ptr + cols, mask=col_ok, other=-1)
-        valid = row_ok[:, None] & (src >= 0)[None, :]
-    else:  # contiguous: the loads vectorize
-        src = cols
-        valid = row_ok[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + src[None, :], mask=valid,
+    valid = row_ok[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=valid,
                 other=0.0).to(tl.float32)
     v = _codes(x, s_ptr, z_ptr, qmax, mult, valid, FAST_DIV)
     tl.store(v_ptr + rows.to(tl.int64)[:, None] * KP + cols[None, :], v,
-             mask=row_ok[:, None] & col_ok[None, :])
+             mask=row_ok[:, None] & (cols < KP)[None, :])
 
 
 @triton.jit
-def int8_codes_rows_kernel(x_ptr, v_ptr, perm_ptr, M, K, KP, stride_x, s_ptr, z_ptr, qmax, mult,
-                           FAST_DIV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """The gathered ``int8_codes_kernel`` with one program per ``BM`` rows, looping over the
-    packed columns: the gathers of one tile touch nearly every sector of its rows, which the
-    next tiles then find in L1 instead of fetching them again."""
+def int8_codes_gather_kernel(x_ptr, v_ptr, perm_ptr, M, KP, stride_x, s_ptr, z_ptr, qmax, mult,
+                             FAST_DIV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """``v[m, j] = _codes(x[m, perm[j]])`` (0 where ``perm[j] < 0``, the padding) for the two
+    groups' layout, one program per ``BM`` rows looping over the packed columns: a tile's
+    gathers touch nearly every sector of its rows, which the next tiles then find in L1. (A 2-D
+    grid of tiles fetched the rows once per tile: 2.3x slower on the H200,
+    ``benchmarks/results/probe_int8_two_groups.json``.)"""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     row_ok = rows < M
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
@@ -66,42 +61,6 @@ def int8_codes_rows_kernel(x_ptr, v_ptr, perm_ptr, M, K, KP, stride_x, s_ptr, z_
         x = tl.load(x_rows + src[None, :], mask=valid, other=0.0).to(tl.float32)
         v = _codes(x, s_ptr, z_ptr, qmax, mult, valid, FAST_DIV)
         tl.store(v_rows + cols[None, :], v, mask=row_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def int8_codes_gather_kernel(x_ptr, v_ptr, perm_ptr, M, K, KP, stride_x, s_ptr, z_ptr, qmax,
-                             mult, FAST_DIV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """The gathered ``int8_codes_kernel`` with whole rows (``BK >= max(K, KP)``) loaded
-    contiguously and permuted in the program (``tl.gather``)."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    row_ok = rows < M
-    cols = tl.arange(0, BK)
-    in_ok = row_ok[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=in_ok,
-                other=0.0).to(tl.float32)
-    v = _codes(x, s_ptr, z_ptr, qmax, mult, in_ok, FAST_DIV).to(tl.int32)
-    src = tl.load(perm_ptr + cols, mask=cols < KP, other=-1)
-    idx = tl.zeros([BM, BK], dtype=tl.int32) + tl.maximum(src, 0)[None, :]
-    out = tl.where((src >= 0)[None, :], tl.gather(v, idx, 1), 0)
-    tl.store(v_ptr + rows.to(tl.int64)[:, None] * KP + cols[None, :], out.to(tl.int8),
-             mask=row_ok[:, None] & (cols < KP)[None, :])
-
-
-@triton.jit
-def int8_codes_scatter_kernel(x_ptr, v_ptr, dest_ptr, M, K, KP, stride_x, s_ptr, z_ptr, qmax,
-                              mult, FAST_DIV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """The gathered ``int8_codes_kernel`` from contiguous loads: source column ``k`` goes to
-    packed column ``dest[k]`` (increasing within each group, so a warp's stores stay within two
-    short runs). Padding columns are not written (the packed weight is 0 there)."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BK + tl.arange(0, BK)
-    row_ok = rows < M
-    valid = row_ok[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=valid,
-                other=0.0).to(tl.float32)
-    v = _codes(x, s_ptr, z_ptr, qmax, mult, valid, FAST_DIV)
-    dst = tl.load(dest_ptr + cols, mask=cols < K, other=0)
-    tl.store(v_ptr + rows.to(tl.int64)[:, None] * KP + dst[None, :], v, mask=valid)
 
 
 @triton.jit
@@ -120,8 +79,7 @@ def _segment(acc, a_rows, b_cols, rm_ok, rn_ok, k_lo, k_hi, BK: tl.constexpr):
 @triton.jit
 def int8_linear_kernel(v_ptr, w_ptr, wscale_ptr, rowsum_ptr, bias_ptr, out_ptr, s_ptr, z_ptr,
                        M, N, K0, KP, stride_out, qmax, mult,
-                       HAS_BIAS: tl.constexpr, TWO_GROUPS: tl.constexpr, RESCALE: tl.constexpr,
-                       ONE_LOOP: tl.constexpr, EMULATE: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, TWO_GROUPS: tl.constexpr, EMULATE: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr):
     """``out = s / mult * sum_g wscale[:, g] * (V_g @ W_g^T - off * rowsum[:, g]) + bias`` for
@@ -138,46 +96,15 @@ def int8_linear_kernel(v_ptr, w_ptr, wscale_ptr, rowsum_ptr, bias_ptr, out_ptr, 
     z = tl.load(z_ptr).to(tl.float32)
     off = _offset(z, qmax, mult).to(tl.int32)
     # integer until the conversion: the codes' products and the offset's correction are exact
-    if not (TWO_GROUPS and RESCALE and ONE_LOOP):
-        acc = _segment(tl.zeros([BM, BN], dtype=tl.int32), a_rows, b_cols, rm_ok, rn_ok, 0, K0,
-                       BK)
-        rs = tl.load(rowsum_ptr + 2 * rn, mask=rn_ok, other=0)
-        ws = tl.load(wscale_ptr + 2 * rn, mask=rn_ok, other=0.0)
-    if TWO_GROUPS and RESCALE and ONE_LOOP:
-        acc = tl.zeros([BM, BN], dtype=tl.int32)
-        ws1 = tl.load(wscale_ptr + 2 * rn + 1, mask=rn_ok, other=1.0)
-        r = tl.math.div_rn(tl.load(wscale_ptr + 2 * rn, mask=rn_ok, other=0.0), ws1)
-        rk = tl.arange(0, BK)
-        for k in range(0, KP, BK):
-            if k == K0:
-                acc = tl.floor(acc.to(tl.float32) * r[None, :] + 0.5).to(tl.int32)
-            kk = k + rk
-            a = tl.load(a_rows + kk[None, :], mask=rm_ok[:, None] & (kk < KP)[None, :], other=0)
-            b = tl.load(b_cols + kk[:, None], mask=(kk < KP)[:, None] & rn_ok[None, :], other=0)
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-        rs = tl.load(rowsum_ptr + 2 * rn, mask=rn_ok, other=0)
-        ws = tl.load(wscale_ptr + 2 * rn, mask=rn_ok, other=0.0)
-        rs1 = tl.load(rowsum_ptr + 2 * rn + 1, mask=rn_ok, other=0)
-        y = (acc - off * rs1[None, :]).to(tl.float32) * ws1[None, :] \
-            - (off * rs[None, :]).to(tl.float32) * ws[None, :]
-    elif TWO_GROUPS and RESCALE:
-        # one accumulator: group 0's sum in units of group 1's scale, rounded to an integer
-        # (the packer checked that it stays within int32); keeps the 128 x 256 tile's registers
-        ws1 = tl.load(wscale_ptr + 2 * rn + 1, mask=rn_ok, other=1.0)
-        r = tl.math.div_rn(ws, ws1)  # IEEE, as the reference computes it
-        acc = tl.floor(acc.to(tl.float32) * r[None, :] + 0.5).to(tl.int32)
-        acc = _segment(acc, a_rows, b_cols, rm_ok, rn_ok, K0, KP, BK)
-        rs1 = tl.load(rowsum_ptr + 2 * rn + 1, mask=rn_ok, other=0)
-        y = (acc - off * rs1[None, :]).to(tl.float32) * ws1[None, :] \
-            - (off * rs[None, :]).to(tl.float32) * ws[None, :]
-    elif TWO_GROUPS:
-        y = (acc - off * rs[None, :]).to(tl.float32) * ws[None, :]
+    acc = _segment(tl.zeros([BM, BN], dtype=tl.int32), a_rows, b_cols, rm_ok, rn_ok, 0, K0, BK)
+    rs = tl.load(rowsum_ptr + 2 * rn, mask=rn_ok, other=0)
+    ws = tl.load(wscale_ptr + 2 * rn, mask=rn_ok, other=0.0)
+    y = (acc - off * rs[None, :]).to(tl.float32) * ws[None, :]
+    if TWO_GROUPS:
         acc = _segment(tl.zeros([BM, BN], dtype=tl.int32), a_rows, b_cols, rm_ok, rn_ok, K0, KP, BK)
         rs = tl.load(rowsum_ptr + 2 * rn + 1, mask=rn_ok, other=0)
         ws = tl.load(wscale_ptr + 2 * rn + 1, mask=rn_ok, other=0.0)
         y += (acc - off * rs[None, :]).to(tl.float32) * ws[None, :]
-    else:
-        y = (acc - off * rs[None, :]).to(tl.float32) * ws[None, :]
     y = y * (s / mult)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=rn_ok, other=0.0).to(tl.float32)[None, :]

@@ -35,15 +35,12 @@ import torch
 import triton
 
 from . import _dispatch, _limits
-from ._int8_linear_kernels import (int8_codes_gather_kernel, int8_codes_kernel,
-                                    int8_codes_rows_kernel, int8_codes_scatter_kernel,
-                                    int8_linear_kernel)
+from ._int8_linear_kernels import int8_codes_gather_kernel, int8_codes_kernel, int8_linear_kernel
 from ._launch import CachedLaunch, align_key
 
 __all__ = ["Int8Weight", "pack_weight", "int8_linear", "int8_linear_reference", "act_mult"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_ACT_MAX = 64  # |v| of any activation value
 PAD = 32  # segment alignment in packed columns (int8 rows stay 32-byte aligned)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -56,8 +53,6 @@ class Int8Weight(NamedTuple):
     scale: torch.Tensor  # (N, 2) fp32 row scale of each group
     rowsum: torch.Tensor  # (N, 2) int32 row sums of the levels of each group
     in_features: int
-    rescale: bool = False  # two groups summed in one int32 accumulator (see pack_weight)
-    dest: torch.Tensor | None = None  # (K,) int32 packed column of each source column
 
 
 def _ceil(v: int, m: int) -> int:
@@ -121,25 +116,14 @@ def pack_weight(levels: torch.Tensor, scale: torch.Tensor,
         kp = k0 + _ceil(cols[1].numel(), PAD)
         perm = torch.full((kp,), -1, dtype=torch.int32, device=dev)
         packed = torch.zeros(n, kp, dtype=torch.int8, device=dev)
-        rs, ra = [], []
+        rs = []
         for start, c in zip((0, k0), cols):
             perm[start:start + c.numel()] = c.to(torch.int32)
             packed[:, start:start + c.numel()] = levels[:, c].to(torch.int8)
             rs.append(lv[:, c].sum(1))
-            ra.append(lv[:, c].abs().sum(1))
         rs = torch.stack(rs, 1)
-        # The GEMM may carry group 0's sum into group 1's accumulator in units of group 1's
-        # scale: |v| <= 64 bounds each row's sums, which must stay well inside int32.
-        r = sc[0].double() / sc[1].double()
-        rescale = bool((_ACT_MAX * (r * ra[0] + ra[1]) + r + 1 < 2.0 ** 30).all())
     wscale = sc.T.expand(n, 2) if sc.shape[0] == 1 else sc.T
-    dest = None
-    if perm is not None:
-        dest = torch.empty(k, dtype=torch.int32, device=dev)
-        ok = perm >= 0
-        dest[perm[ok].long()] = torch.nonzero(ok).flatten().to(torch.int32)
-    return Int8Weight(packed, perm, k0, wscale.contiguous(), rs.to(torch.int32).contiguous(), k,
-                      rescale if perm is not None else False, dest)
+    return Int8Weight(packed, perm, k0, wscale.contiguous(), rs.to(torch.int32).contiguous(), k)
 
 
 def _act_params(scale, zero, device):
@@ -181,26 +165,19 @@ def act_values_reference(x2, w: Int8Weight, s, z, qmax, mult) -> torch.Tensor:
     return out
 
 
-def int8_linear_reference(x, w: Int8Weight, bias, scale, zero, qmax, *,
-                          rescale=None) -> torch.Tensor:
+def int8_linear_reference(x, w: Int8Weight, bias, scale, zero, qmax) -> torch.Tensor:
     """What :func:`int8_linear` computes, in torch: the same int8 values, their products
-    summed exactly (fp64; with ``w.rescale``, group 0's sum carried into group 1's units as the
-    kernel rounds it), the epilogue in fp64. ``(..., N)`` in ``x``'s dtype."""
+    summed exactly (fp64), the epilogue in fp64. ``(..., N)`` in ``x``'s dtype."""
     mult = _check(x, w, qmax)
     s, z = _act_params(scale, zero, x.device)
     x2 = x.reshape(-1, x.shape[-1])
     v = act_values_reference(x2, w, s, z, qmax, mult).double()
     lv = w.levels.double()
     off = torch.round(mult * (z - qmax * 0.5)).double()
-    acc = [v[:, lo:hi] @ lv[:, lo:hi].T for lo, hi in ((0, w.k0), (w.k0, lv.shape[1]))]
-    rs, ws = w.rowsum.double(), w.scale.double()
-    if w.rescale and (rescale is None or rescale):
-        # group 0's sum in group 1's units, rounded as the kernel rounds it in fp32
-        r = w.scale[:, 0] / w.scale[:, 1]
-        acc[1] = acc[1] + torch.floor(acc[0].float() * r + 0.5).double()
-        y = (acc[1] - off * rs[:, 1]) * ws[:, 1] - off * rs[:, 0] * ws[:, 0]
-    else:
-        y = sum((a - off * rs[:, g]) * ws[:, g] for g, a in enumerate(acc))
+    y = 0
+    for g, (lo, hi) in enumerate(((0, w.k0), (w.k0, lv.shape[1]))):
+        acc = v[:, lo:hi] @ lv[:, lo:hi].T - off * w.rowsum[:, g].double()
+        y = y + acc * w.scale[:, g].double()
     y = y * (s.double() / mult)
     if bias is not None:
         y = y + bias.double()
@@ -221,55 +198,43 @@ _CONFIGS = [_cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 3), _cfg(128, 128,
 _INTERP_CONFIG = {"BM": 32, "BN": 32, "BK": 32, "GROUP_M": 4}
 _TUNER = None
 _CODES_LAUNCH = CachedLaunch(int8_codes_kernel)
+_GATHER_LAUNCH = CachedLaunch(int8_codes_gather_kernel)
 _CODES_BLOCK = (32, 64) if _INTERPRET else (64, 128)
+_GATHER_BLOCK = (8, 32) if _INTERPRET else (8, 128)
 
 
 def _gemm_launch() -> CachedLaunch:
     global _TUNER
     if _TUNER is None:
         # M is left out of the key, as for the fused fake-quant GEMM: it changes with the batch
-        tuner = triton.autotune(configs=_CONFIGS,
-                                key=["N", "K0", "KP", "HAS_BIAS", "TWO_GROUPS", "RESCALE"])(
+        tuner = triton.autotune(configs=_CONFIGS, key=["N", "K0", "KP", "HAS_BIAS", "TWO_GROUPS"])(
             int8_linear_kernel)
         _TUNER = CachedLaunch(int8_linear_kernel, tuner)
     return _TUNER
 
 
-def act_values(x2, w: Int8Weight, s, z, qmax, mult, variant=None) -> torch.Tensor:
+def act_values(x2, w: Int8Weight, s, z, qmax, mult) -> torch.Tensor:
     """The Triton pass of :func:`act_values_reference`: ``x2`` ``(M, K)`` with unit column
-    stride, ``s``/``z`` one-element fp32 tensors; ``(M, kp)`` int8. ``variant`` (probes):
-    ``("grid", BM, BK)``, ``("rows", BM, BK)`` or ``("gather", BM)``."""
+    stride, ``s``/``z`` one-element fp32 tensors; ``(M, kp)`` int8."""
     m, k = x2.shape
     kp = w.levels.shape[1]
     v = torch.empty(m, kp, device=x2.device, dtype=torch.int8)
-    if variant is None:
-        variant = ("grid",) + _CODES_BLOCK
-    perm = w.perm if w.perm is not None else v
-    args = (x2, v, perm, m, k, kp, x2.stride(0), s, z, float(qmax), float(mult))
-    fast = not _INTERPRET
-    if variant[0] == "grid" or w.perm is None:
-        bm, bk = variant[1:] if variant[0] == "grid" else _CODES_BLOCK
-        consts = {"PERM": w.perm is not None, "FAST_DIV": fast, "BM": bm, "BK": bk}
-        _CODES_LAUNCH(((m + bm - 1) // bm, (kp + bk - 1) // bk),
-                      (align_key(*args), consts["PERM"], bm, bk), args, consts, num_warps=4)
-    elif variant[0] == "scatter":
-        bm, bk = variant[1:]
-        int8_codes_scatter_kernel[((m + bm - 1) // bm, (k + bk - 1) // bk)](
-            x2, v, w.dest, m, k, kp, x2.stride(0), s, z, float(qmax), float(mult),
-            FAST_DIV=fast, BM=bm, BK=bk, num_warps=4)
-    elif variant[0] == "rows":
-        bm, bk = variant[1:]
-        int8_codes_rows_kernel[((m + bm - 1) // bm,)](*args, FAST_DIV=fast, BM=bm, BK=bk,
-                                                      num_warps=4)
+    if w.perm is None:
+        bm, bk = _CODES_BLOCK
+        args = (x2, v, m, k, kp, x2.stride(0), s, z, float(qmax), float(mult))
+        consts = {"FAST_DIV": not _INTERPRET, "BM": bm, "BK": bk}
+        _CODES_LAUNCH(((m + bm - 1) // bm, (kp + bk - 1) // bk), align_key(*args),
+                      args, consts, num_warps=4)
     else:
-        bm, bk = variant[1], triton.next_power_of_2(max(k, kp))
-        int8_codes_gather_kernel[((m + bm - 1) // bm,)](*args, FAST_DIV=fast, BM=bm, BK=bk,
-                                                        num_warps=4)
+        bm, bk = _GATHER_BLOCK
+        args = (x2, v, w.perm, m, kp, x2.stride(0), s, z, float(qmax), float(mult))
+        consts = {"FAST_DIV": not _INTERPRET, "BM": bm, "BK": bk}
+        _GATHER_LAUNCH(((m + bm - 1) // bm,), align_key(*args), args, consts,
+                       num_warps=4)
     return v
 
 
-def int8_linear(x, w: Int8Weight, bias, scale, zero, qmax, *, config=None, rescale=None,
-                codes=None, one_loop=False) -> torch.Tensor:
+def int8_linear(x, w: Int8Weight, bias, scale, zero, qmax, *, config=None) -> torch.Tensor:
     """``fake_quant(x, scale, zero, qmax) @ W^T + bias`` on the int8 tensor cores.
 
     Args:
@@ -295,26 +260,19 @@ def int8_linear(x, w: Int8Weight, bias, scale, zero, qmax, *, config=None, resca
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     if m == 0 or n == 0:
         return out.reshape(*x.shape[:-1], n)
-    v = act_values(x2, w, s, z, qmax, mult, codes)
+    v = act_values(x2, w, s, z, qmax, mult)
     if bias is not None:
         bias = bias.contiguous()
     args = (v, w.levels, w.scale, w.rowsum, bias if bias is not None else out, out, s, z,
             m, n, w.k0, kp, out.stride(0), float(qmax), float(mult))
     flags = {"HAS_BIAS": bias is not None, "TWO_GROUPS": w.k0 < kp,
-             "RESCALE": w.rescale if rescale is None else rescale and w.rescale,
-             "ONE_LOOP": one_loop,
              "EMULATE": _INTERPRET and x.dtype != torch.float32}
     if config is None and _INTERPRET:
         config = _INTERP_CONFIG
     if config is not None:
-        if one_loop and w.k0 % config["BK"]:
-            raise ValueError("one_loop needs the group boundary on a BK tile")
         grid = (triton.cdiv(m, config["BM"]) * triton.cdiv(n, config["BN"]),)
         int8_linear_kernel[grid](*args, **flags, **config)
     else:
-        if one_loop:
-            raise ValueError("one_loop needs a fixed config")
-
         def grid(meta):
             return (-(-m // meta["BM"]) * -(-n // meta["BN"]),)
 
