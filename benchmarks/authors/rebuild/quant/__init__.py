@@ -1,0 +1,3 @@
+from .quant_model import *
+from .quant_modules import *
+from .quantizer import *
