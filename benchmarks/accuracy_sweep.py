@@ -118,6 +118,14 @@ def plan(name: str) -> list[dict]:
                          dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **both, **AUTHORS),
                          dict(method="erq", bits=bits, seed=seed, post_gelu=pg,
                               calib_mode="sequential", **both, **AUTHORS)]
+    elif name == "anchors":  # seed 0 against ANCHORS.md: both lambda schemes, and W8A8
+        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
+        runs.append(dict(method="rtn", bits="W8A8", seed=0))
+        for bits in ("W4A4", "W3A4", "W5A5"):
+            runs += [dict(method="rtn", bits=bits, seed=0),
+                     dict(method="erq", bits=bits, seed=0, calib_mode="independent", **AUTHORS),
+                     dict(method="erq", bits=bits, seed=0, **both, **AUTHORS),
+                     dict(method="gptq", bits=bits, seed=0)]
     else:
         raise SystemExit(f"unknown plan {name!r}")
     return runs
@@ -144,6 +152,9 @@ def main(argv=None):
     ap.add_argument("--calib-files", default=None,
                     help="JSON {seed: [files]} made by select_calibration on the full folder, for "
                          "a --data whose imagenet-calib holds only those files (the GPU copy)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="only the runs of these calibration seeds (a copy of the data too big "
+                         "for one device call goes in two)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     data = Path(args.data)
@@ -168,7 +179,8 @@ def main(argv=None):
     for run in itertools.chain.from_iterable(plan(p) for p in args.plan):
         run = {**run, **extra}
         k = key(run)
-        if k in done:
+        if k in done or (args.seeds is not None and run["method"] != "fp"
+                         and run["seed"] not in args.seeds):
             continue
         done.add(k)
         w_bits, a_bits = BITS[run["bits"]]

@@ -53,12 +53,13 @@ def check_bits(n_bits: int, what: str) -> int:
 def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantiles ``1 - p`` and ``p`` of ``x`` along ``dim`` for every ``p`` in ``ps``.
 
-    ``torch.quantile``'s linear interpolation, computed from the two tails with ``topk``, so
-    that tensors of tens of millions of elements cost a fraction of a sort (``torch.quantile``
-    also refuses inputs above 16M elements). The ranks are ``p (n - 1)`` in float64 for the
-    float64 ``p``; ``torch.quantile`` first rounds ``p`` to ``x``'s dtype, so fp32 values differ
-    from it in the last bits (a few 1e-4 relative at most at these tails;
-    ``benchmarks/experiments/quantiles_torch_ranks.diff`` matches it bit for bit).
+    The values of ``torch.quantile(x, q, dim)`` (linear interpolation) for ``q`` the Python
+    floats ``1 - p`` and ``p``, bit for bit: ``q`` rounded to ``x``'s dtype, its rank
+    ``q (n - 1)`` in float64, ``torch.lerp`` between the two neighbours. (The authors' code calls
+    ``torch.quantile``; with the same ranks this package's activation calibration gives their
+    quantizers bit for bit, ``benchmarks/RESULTS.md`` section 1.) Computed from the two tails
+    with ``topk``, so that tensors of tens of millions of elements cost a fraction of a sort
+    (``torch.quantile`` also refuses inputs above 16M elements).
 
     Returns ``(lo, hi)``, each of shape ``(len(ps), *x.shape without dim)``.
     """
@@ -70,8 +71,8 @@ def tail_quantiles(x: torch.Tensor, ps, dim: int = 0) -> tuple[torch.Tensor, tor
     a = torch.index_select(torch.cat([bot, top]), 0, idx)  # (4P, ...): lo a, lo b, hi a, hi b
     p = len(ps)
     frac = frac.view(-1, *([1] * (a.dim() - 1)))
-    lo = a[:p] + frac[:p] * (a[p:2 * p] - a[:p])
-    hi = a[2 * p:3 * p] + frac[p:] * (a[3 * p:] - a[2 * p:3 * p])
+    lo = torch.lerp(a[:p], a[p:2 * p], frac[:p])
+    hi = torch.lerp(a[2 * p:3 * p], a[3 * p:], frac[p:])
     return lo, hi
 
 
@@ -85,11 +86,13 @@ def _interp_tables(n: int, ps: tuple, dtype, device):
     costs a copy every time."""
     key = (n, ps, dtype, str(device))
     if key not in _INTERP:
-        k = min(n, max(int(n - 1 - int(p * (n - 1))) + 1 for p in ps) + 1)
-        lo_pos = [(1.0 - p) * (n - 1) for p in ps]
-        hi_pos = [p * (n - 1) for p in ps]
+        def rank(q):  # torch.quantile's: q in dtype, the product in float64
+            return torch.tensor(q, dtype=dtype).item() * (n - 1)
+        lo_pos = [rank(1.0 - p) for p in ps]
+        hi_pos = [rank(p) for p in ps]
         lo_i = [int(v) for v in lo_pos]
         hi_i = [int(v) for v in hi_pos]
+        k = min(n, max([n - i for i in hi_i] + [i + 2 for i in lo_i]))
         idx = (lo_i + [min(i + 1, n - 1) for i in lo_i]  # bot[i] = sorted[i]
                + [k + n - 1 - i for i in hi_i]  # top[j] = sorted[n - 1 - j], after bot
                + [k + n - 1 - min(i + 1, n - 1) for i in hi_i])
