@@ -32,6 +32,20 @@ def _tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _out_tile(a_desc, b_desc, c_desc, bias_ptr, N, k_tiles, pid_m, pid_n,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One output tile: the K loop through the descriptors, the bias, the store."""
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for ki in range(k_tiles):
+        a = a_desc.load([pid_m * BM, ki * BK])
+        b = b_desc.load([pid_n * BN, ki * BK])
+        acc = tl.dot(a, b.T, acc)
+    rn = pid_n * BN + tl.arange(0, BN)
+    acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+
+
+@triton.jit
 def tma_persistent_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, FLATTEN: tl.constexpr,
@@ -43,14 +57,7 @@ def tma_persistent_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=FLATTEN,
                             warp_specialize=WS):
         pid_m, pid_n = _tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for ki in range(k_tiles):
-            a = a_desc.load([pid_m * BM, ki * BK])
-            b = b_desc.load([pid_n * BN, ki * BK])
-            acc = tl.dot(a, b.T, acc)
-        rn = pid_n * BN + tl.arange(0, BN)
-        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+        _out_tile(a_desc, b_desc, c_desc, bias_ptr, N, k_tiles, pid_m, pid_n, BM, BN, BK)
 
 
 @triton.jit
@@ -58,14 +65,7 @@ def tma_tile_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     GROUP_M: tl.constexpr):
     pid_m, pid_n = _tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for ki in range(tl.cdiv(K, BK)):
-        a = a_desc.load([pid_m * BM, ki * BK])
-        b = b_desc.load([pid_n * BN, ki * BK])
-        acc = tl.dot(a, b.T, acc)
-    rn = pid_n * BN + tl.arange(0, BN)
-    acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+    _out_tile(a_desc, b_desc, c_desc, bias_ptr, N, tl.cdiv(K, BK), pid_m, pid_n, BM, BN, BK)
 
 
 def linear(x, w, bias, cfg, kind):

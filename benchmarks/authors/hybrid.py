@@ -30,15 +30,17 @@ from erq.wrap import wrap_model
 
 
 @torch.no_grad()
-def load_authors_state(model, dump: dict) -> None:
-    """The authors' post-reparameterization state into a wrapped model (as ``stagewise.py``
-    loads their final model)."""
+def load_authors_state(model, dump: dict, stage: str = "after_reparam") -> None:
+    """The authors' LayerNorms, weights and activation quantizers into a wrapped model: the
+    weights right after their reparameterization (``stage="after_reparam"``) or their final
+    dequantized ones (``"final"``, what ``stagewise.py`` evaluates)."""
     for n, v in dump["ln"].items():
         mod = model.get_submodule(n)
         mod.weight.copy_(v["weight"])
         mod.bias.copy_(v["bias"])
     for n, m in weighted_layers(model):
-        w = dump["w_after_reparam"][n]
+        w = dump["w_after_reparam"][n] if stage == "after_reparam" else \
+            {"weight": dump["final"][n]["weight_dequant"], "bias": dump["final"][n]["bias"]}
         m.weight.copy_(w["weight"].reshape(m.weight.shape))
         if m.bias is not None:
             m.bias.copy_(w["bias"])

@@ -31,11 +31,12 @@ from erq.aqer import aqer
 from erq.cli import load_model
 from erq.data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform
 from erq.evaluate import evaluate
-from erq.modules import activation_quantizers, weighted_layers
+from erq.modules import activation_quantizers
 from erq.quantizers import WeightQuantizer, calibrate_weights
 from erq.wqer import wqer
 from erq.wrap import wrap_model
 from erq_kernels.reference import fake_quant
+from hybrid import load_authors_state  # (this folder: the script's directory is on the path)
 
 
 def rel(a, b) -> float:
@@ -99,24 +100,7 @@ def stages(dump: dict, store: Path, name: str, coe: float) -> None:
 def evaluate_their_model(dump: dict, w_bits: int, a_bits: int, data: Path) -> dict:
     model = load_model("vit_tiny_patch16_224", None)
     wrap_model(model, w_bits, a_bits, dual=True, post_gelu="tensor")
-    for n, v in dump["ln"].items():
-        mod = model.get_submodule(n)
-        mod.weight.copy_(v["weight"])
-        mod.bias.copy_(v["bias"])
-    for n, m in weighted_layers(model):
-        f = dump["final"][n]
-        m.weight.copy_(f["weight_dequant"].reshape(m.weight.shape))
-        if m.bias is not None:
-            m.bias.copy_(f["bias"])
-        if m.input_quant is not None:
-            q = dump["act_quant"][n]
-            m.input_quant.set_per_tensor(q["delta"].float(), q["zero_point"].float())
-    for i, blk in enumerate(model.blocks):
-        qk, pv = dump["matmul_quant"][f"blocks.{i}.attn.matmul1"], dump["matmul_quant"][f"blocks.{i}.attn.matmul2"]
-        for mine, theirs in ((blk.attn.matmul_qk.a_quant, qk["A"]), (blk.attn.matmul_qk.b_quant, qk["B"]),
-                             (blk.attn.matmul_pv.b_quant, pv["B"])):
-            mine.set_per_tensor(theirs["delta"].float(), theirs["zero_point"].float())
-        blk.attn.matmul_pv.a_quant.scale = pv["A"]["delta"].float().reshape(())
+    load_authors_state(model, dump, "final")
     for q in activation_quantizers(model):
         q.enabled, q.calibrating = True, False
     val = make_loader(ImageFolderDataset(data / "imagenet-val", model_transform(model),
