@@ -19,16 +19,10 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from erq_kernels._fakequant_kernels import tile_order
+
 SHAPES = [("vit_h fc1", 8224, 1280, 5120), ("vit_h qkv", 8224, 1280, 3840),
           ("vit_b fc1", 6304, 768, 3072), ("vit_h fc2", 8224, 5120, 1280)]
-
-
-@triton.jit
-def _tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    width = GROUP_M * num_pid_n
-    first_m = (tile_id // width) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile_id % width) % group_m, (tile_id % width) // group_m
 
 
 @triton.jit
@@ -50,13 +44,11 @@ def tma_persistent_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, FLATTEN: tl.constexpr,
                           WS: tl.constexpr):
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
-    num_tiles = num_pid_m * num_pid_n
+    num_tiles = tl.cdiv(M, BM) * tl.cdiv(N, BN)
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=FLATTEN,
                             warp_specialize=WS):
-        pid_m, pid_n = _tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_order(tile_id, M, N, BM, BN, GROUP_M)
         _out_tile(a_desc, b_desc, c_desc, bias_ptr, N, k_tiles, pid_m, pid_n, BM, BN, BK)
 
 
@@ -64,7 +56,7 @@ def tma_persistent_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
 def tma_tile_kernel(a_desc, b_desc, c_desc, bias_ptr, M, N, K,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
+    pid_m, pid_n = tile_order(tl.program_id(0), M, N, BM, BN, GROUP_M)
     _out_tile(a_desc, b_desc, c_desc, bias_ptr, N, tl.cdiv(K, BK), pid_m, pid_n, BM, BN, BK)
 
 

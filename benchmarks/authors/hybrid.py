@@ -23,7 +23,7 @@ from erq.cli import load_model
 from erq.data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform, \
     select_calibration
 from erq.evaluate import evaluate
-from erq.modules import activation_quantizers, set_quant_state, weighted_layers
+from erq.modules import set_quant_state, weighted_layers
 from erq.pipeline import QuantConfig, Report, _reduce
 from erq.stats import collect_stats
 from erq.wrap import wrap_model
@@ -74,9 +74,7 @@ def main(argv=None):
     model = load_model("vit_tiny_patch16_224", None)
     wrap_model(model, wb, ab, dual=True, post_gelu="tensor")
     load_authors_state(model, dump)
-    for q in activation_quantizers(model):
-        q.enabled, q.calibrating = True, False
-    set_quant_state(model, act=False)
+    set_quant_state(model, act=False)  # independent mode: statistics from the FP forward
     data = Path(args.data)
     tf = model_transform(model)
     calib = ImageFolderDataset(data / "imagenet-calib", tf, num_classes=model.num_classes,

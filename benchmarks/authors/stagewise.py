@@ -31,7 +31,7 @@ from erq.aqer import aqer
 from erq.cli import load_model
 from erq.data import DEFAULT_DATA, ImageFolderDataset, make_loader, model_transform
 from erq.evaluate import evaluate
-from erq.modules import activation_quantizers
+from erq.modules import set_quant_state
 from erq.quantizers import WeightQuantizer, calibrate_weights
 from erq.wqer import wqer
 from erq.wrap import wrap_model
@@ -101,8 +101,7 @@ def evaluate_their_model(dump: dict, w_bits: int, a_bits: int, data: Path) -> di
     model = load_model("vit_tiny_patch16_224", None)
     wrap_model(model, w_bits, a_bits, dual=True, post_gelu="tensor")
     load_authors_state(model, dump, "final")
-    for q in activation_quantizers(model):
-        q.enabled, q.calibrating = True, False
+    set_quant_state(model, act=True)
     val = make_loader(ImageFolderDataset(data / "imagenet-val", model_transform(model),
                                          num_classes=model.num_classes), 50)
     return evaluate(model, val, torch.device("cpu"), progress=False)
