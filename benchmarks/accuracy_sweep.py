@@ -131,6 +131,11 @@ def plan(name: str) -> list[dict]:
             runs += [dict(method="gptq", bits=bits, seed=seed, **noise),
                      dict(method="erq", bits=bits, seed=seed, calib_mode="independent",
                           **noise, **AUTHORS)]
+    elif name == "w3a4_ncalib":  # does ERQ pull ahead of GPTQ at W3A4 with more images?
+        for seed in (0, 1, 2):
+            runs += [dict(method="gptq", bits="W3A4", seed=seed, num_calib=128),
+                     dict(method="erq", bits="W3A4", seed=seed, num_calib=128,
+                          calib_mode="independent", **AUTHORS)]
     elif name == "gptq_single_group":  # GPTQ without dual uniform quantization (the paper's
         # GPTQ* predates it), beside the default, which shares ERQ's two-group weight quantizers
         for seed, bits in itertools.product((0, 1, 2), ("W3A4", "W4A4")):

@@ -67,14 +67,16 @@ def main(argv=None):
             rec = json.loads(line) if line.strip() else None
             if rec and "hits" in rec:
                 rep = rec["fp_noise"][1] if rec.get("fp_noise") else 0
-                runs[(rec["bits"], rec["seed"], rep, label(rec))] = rec
+                runs[(rec["bits"], rec["seed"], rec.get("num_calib", 32), rep, label(rec))] = rec
     rows = []
-    for (bits, seed, rep, name), rec in sorted(runs.items()):
-        base = runs.get((bits, seed, rep, args.baseline))
+    for (bits, seed, n, rep, name), rec in sorted(runs.items()):
+        base = runs.get((bits, seed, n, rep, args.baseline))
         if name == args.baseline or base is None:
             continue
         r = paired(rec["hits"], base["hits"])
-        rows.append({"bits": bits, "seed": seed, "noise_rep": rep, "model": name,
+        if n != 32:  # both runs of a pair always have the same number of calibration images
+            name = f"{name} ({n} images)"
+        rows.append({"bits": bits, "seed": seed, "num_calib": n, "noise_rep": rep, "model": name,
                      "baseline": args.baseline, "top1": rec["top1"],
                      "baseline_top1": base["top1"], **r})
     print(f"| bits | seed | model | top1 | {args.baseline} | difference [95 % interval] "
