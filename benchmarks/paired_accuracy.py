@@ -45,13 +45,25 @@ def paired(hits_a: str, hits_b: str) -> dict:
             "only_a": b, "only_b": c, "p": mcnemar_exact(b, c), "num": n}
 
 
+_RUN_FIELDS = ("bits", "seed", "num_calib", "fp_noise", "method", "calib_mode",
+               "lam_head_aqer", "lam_embed_factor", "dual")
+
+
 def label(rec: dict) -> str:
-    """The method as the command line would spell it (the perturbation is not part of it)."""
-    if rec["method"] != "erq":
-        return rec["method"] + (" --no-dual" if rec.get("dual") is False else "")
-    name = "erq " + rec.get("calib_mode", "independent")
-    if rec.get("lam_head_aqer") is not None or rec.get("lam_embed_factor", 1.0) != 1.0:
-        name += " --authors-lambdas"
+    """The method as the command line would spell it; every other field of the run's key
+    (its settings that differ from the defaults) is appended, so two different settings never
+    share a label. The perturbation and the image count are not part of it."""
+    fields = json.loads(rec["key"])
+    name = rec["method"]
+    if name == "erq":
+        name += " " + rec.get("calib_mode", "independent")
+        if rec.get("lam_head_aqer") is not None or rec.get("lam_embed_factor", 1.0) != 1.0:
+            name += " --authors-lambdas"
+    if rec.get("dual") is False:
+        name += " --no-dual"
+    for k, v in sorted(fields.items()):
+        if k not in _RUN_FIELDS and not (k in ("lam", "lam_rel") and rec["method"] != "erq"):
+            name += f" {k}={v}"
     return name
 
 
@@ -67,7 +79,10 @@ def main(argv=None):
             rec = json.loads(line) if line.strip() else None
             if rec and "hits" in rec:
                 rep = rec["fp_noise"][1] if rec.get("fp_noise") else 0
-                runs[(rec["bits"], rec["seed"], rec.get("num_calib", 32), rep, label(rec))] = rec
+                k = (rec["bits"], rec["seed"], rec.get("num_calib", 32), rep, label(rec))
+                if k in runs:
+                    raise SystemExit(f"{f}: two runs labelled {k}; compare them in separate calls")
+                runs[k] = rec
     rows = []
     for (bits, seed, n, rep, name), rec in sorted(runs.items()):
         base = runs.get((bits, seed, n, rep, args.baseline))

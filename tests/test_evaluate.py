@@ -43,3 +43,20 @@ def test_paired_counts_and_difference():
     assert r["diff"] == 0.0 and r["lo"] < 0 < r["hi"]
     r = paired_accuracy.paired("1111", "0001")
     assert r["diff"] == 75.0 and r["only_a"] == 3 and r["only_b"] == 0
+
+
+def test_labels_keep_settings_apart():
+    import json
+
+    def rec(**run):
+        return {"key": json.dumps(run, sort_keys=True), **run}
+
+    base = rec(method="erq", bits="W3A4", seed=0, calib_mode="independent")
+    other = rec(method="erq", bits="W3A4", seed=0, calib_mode="independent", post_gelu="channel")
+    authors = rec(method="erq", bits="W3A4", seed=0, lam_head_aqer=0.1, lam_embed_factor=10.0)
+    single = rec(method="gptq", bits="W3A4", seed=0, dual=False)
+    labels = [paired_accuracy.label(r) for r in (base, other, authors, single)]
+    assert labels[0] == "erq independent"
+    assert labels[2] == "erq independent --authors-lambdas"
+    assert labels[3] == "gptq --no-dual"
+    assert len(set(labels)) == 4
