@@ -25,6 +25,8 @@ from erq.pipeline import QuantConfig, quantize
 
 BITS = {"W3A4": (3, 4), "W4A4": (4, 4), "W5A5": (5, 5), "W8A8": (8, 8)}
 AUTHORS = dict(lam=1000.0, lam_rel=None)
+# the two per-layer lambdas of the authors' code (--authors-lambdas)
+PER_LAYER = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
 # candidate clipping quantiles of the activation quantizers beyond the specification's three
 ACT_GRIDS = {"wide": [0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999, 1.0],
              "tight": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 0.99999]}
@@ -96,34 +98,32 @@ def plan(name: str) -> list[dict]:
             runs.append(dict(method="erq", bits=bits, seed=seed, post_gelu="channel", lam=None,
                              lam_rel=0.1))
     elif name == "authors_lambdas":  # the two per-layer lambdas of the authors' code, seed 0
-        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
         for bits in ("W4A4", "W3A4", "W5A5"):
-            runs.append(dict(method="erq", bits=bits, seed=0, **both, **AUTHORS))
+            runs.append(dict(method="erq", bits=bits, seed=0, **PER_LAYER, **AUTHORS))
         for bits in ("W4A4", "W3A4"):  # each of the two alone
             runs += [dict(method="erq", bits=bits, seed=0, lam_head_aqer=0.1, **AUTHORS),
                      dict(method="erq", bits=bits, seed=0, lam_embed_factor=10.0, **AUTHORS)]
-        runs.append(dict(method="erq", bits="W4A4", seed=0, aqer=True, wqer=False, **both, **AUTHORS))
+        runs.append(dict(method="erq", bits="W4A4", seed=0, aqer=True, wqer=False, **PER_LAYER,
+                         **AUTHORS))
     elif name == "authors_lambdas_seeds":  # the same on seeds 1 and 2, and sequential mode
-        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
         for seed, bits in itertools.product((1, 2), ("W4A4", "W3A4", "W5A5")):
-            runs.append(dict(method="erq", bits=bits, seed=seed, **both, **AUTHORS))
+            runs.append(dict(method="erq", bits=bits, seed=seed, **PER_LAYER, **AUTHORS))
         for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
             runs.append(dict(method="erq", bits=bits, seed=seed, calib_mode="sequential",
-                             **both, **AUTHORS))
+                             **PER_LAYER, **AUTHORS))
     elif name == "authors_lambdas_gpu":  # both lambda schemes, with and without the option
-        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
         for seed, bits in itertools.product((0, 1, 2), ("W4A4", "W3A4", "W5A5")):
             for pg in ("tensor", "channel"):
                 runs += [dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **AUTHORS),
-                         dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **both, **AUTHORS),
+                         dict(method="erq", bits=bits, seed=seed, post_gelu=pg, **PER_LAYER,
+                              **AUTHORS),
                          dict(method="erq", bits=bits, seed=seed, post_gelu=pg,
-                              calib_mode="sequential", **both, **AUTHORS)]
+                              calib_mode="sequential", **PER_LAYER, **AUTHORS)]
     elif name == "paired":  # W3A4 / W4A4 head to head, per-image hits kept (paired_accuracy.py)
-        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
         for seed, bits in itertools.product((0, 1, 2), ("W3A4", "W4A4")):
             runs += [dict(method="gptq", bits=bits, seed=seed),
                      dict(method="erq", bits=bits, seed=seed, calib_mode="independent", **AUTHORS),
-                     dict(method="erq", bits=bits, seed=seed, **both, **AUTHORS),
+                     dict(method="erq", bits=bits, seed=seed, **PER_LAYER, **AUTHORS),
                      dict(method="erq", bits=bits, seed=seed, calib_mode="sequential", **AUTHORS)]
     elif name == "noise":  # gptq and erq on FP models whose biases moved by ulps (perturb_biases)
         for seed, bits, rep in itertools.product((0, 1, 2), ("W3A4", "W4A4"), range(9)):
@@ -141,12 +141,11 @@ def plan(name: str) -> list[dict]:
         for seed, bits in itertools.product((0, 1, 2), ("W3A4", "W4A4")):
             runs.append(dict(method="gptq", bits=bits, seed=seed, dual=False))
     elif name == "anchors":  # seed 0 against ANCHORS.md: both lambda schemes, and W8A8
-        both = dict(lam_head_aqer=0.1, lam_embed_factor=10.0)
         runs.append(dict(method="rtn", bits="W8A8", seed=0))
         for bits in ("W4A4", "W3A4", "W5A5"):
             runs += [dict(method="rtn", bits=bits, seed=0),
                      dict(method="erq", bits=bits, seed=0, calib_mode="independent", **AUTHORS),
-                     dict(method="erq", bits=bits, seed=0, **both, **AUTHORS),
+                     dict(method="erq", bits=bits, seed=0, **PER_LAYER, **AUTHORS),
                      dict(method="gptq", bits=bits, seed=0)]
     else:
         raise SystemExit(f"unknown plan {name!r}")

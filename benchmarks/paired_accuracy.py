@@ -45,8 +45,8 @@ def paired(hits_a: str, hits_b: str) -> dict:
             "only_a": b, "only_b": c, "p": mcnemar_exact(b, c), "num": n}
 
 
-_RUN_FIELDS = ("bits", "seed", "num_calib", "fp_noise", "method", "calib_mode",
-               "lam_head_aqer", "lam_embed_factor", "dual")
+_RUN_FIELDS = ("bits", "seed", "num_calib", "fp_noise", "method", "calib_mode", "dual")
+_AUTHORS_LAMBDAS = {"lam_head_aqer": 0.1, "lam_embed_factor": 10.0}  # --authors-lambdas
 
 
 def label(rec: dict) -> str:
@@ -57,8 +57,9 @@ def label(rec: dict) -> str:
     name = rec["method"]
     if name == "erq":
         name += " " + rec.get("calib_mode", "independent")
-        if rec.get("lam_head_aqer") is not None or rec.get("lam_embed_factor", 1.0) != 1.0:
+        if all(fields.get(k) == v for k, v in _AUTHORS_LAMBDAS.items()):
             name += " --authors-lambdas"
+            fields = {k: v for k, v in fields.items() if k not in _AUTHORS_LAMBDAS}
     if rec.get("dual") is False:
         name += " --no-dual"
     for k, v in sorted(fields.items()):

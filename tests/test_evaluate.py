@@ -60,3 +60,10 @@ def test_labels_keep_settings_apart():
     assert labels[2] == "erq independent --authors-lambdas"
     assert labels[3] == "gptq --no-dual"
     assert len(set(labels)) == 4
+
+
+def test_label_names_one_per_layer_lambda_alone():
+    import json
+    head = {"method": "erq", "bits": "W3A4", "seed": 0, "lam_head_aqer": 0.1}
+    label = paired_accuracy.label({"key": json.dumps(head), **head})
+    assert label == "erq independent lam_head_aqer=0.1"
